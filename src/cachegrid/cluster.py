@@ -1,0 +1,133 @@
+"""``cachegrid up``: a whole local cluster on loopback, from real binaries.
+
+Owns: the port layout of a local cluster, starting its processes in order, the
+``<data-dir>/cluster.json`` manifest and ``<data-dir>/cachegrid.toml`` config it writes,
+and stopping everything it started.
+
+Invariants:
+- cluster.json is written only once every process answers, and removed on shutdown, so
+  its presence means "ready".
+- Whatever happens (a process fails to start, SIGINT, SIGTERM), every process started is
+  stopped before ``run`` returns.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cachegrid.servers import EtcdServer, RedisServer, ServerProcess, bindable, start_all
+
+ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET, REDIS_OFFSET = 0, 1, 10
+
+
+@dataclass
+class LocalCluster:
+    data_dir: Path
+    etcd: list[EtcdServer]
+    redis: list[RedisServer]
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    @classmethod
+    def plan(
+        cls, data_dir: Path, *, replicas: int, base_port: int, appendfsync: str
+    ) -> LocalCluster:
+        """The cluster's processes on ports from ``base_port`` up; ValueError if one is taken."""
+        data_dir = data_dir.resolve()
+        etcd = EtcdServer(
+            data_dir / "etcd",
+            "etcd0",
+            base_port + ETCD_CLIENT_OFFSET,
+            base_port + ETCD_PEER_OFFSET,
+        )
+        redis = [
+            RedisServer(data_dir / f"redis{i}", base_port + REDIS_OFFSET + i, appendfsync)
+            for i in range(replicas)
+        ]
+        taken = [p for p in [etcd.client_port, etcd.peer_port, *(r.port for r in redis)]
+                 if not bindable(p)]  # fmt: skip
+        if taken:
+            raise ValueError(f"ports already in use: {taken}; choose another --base-port")
+        return cls(data_dir, [etcd], redis)
+
+    @property
+    def processes(self) -> list[ServerProcess]:
+        return [*self.etcd, *self.redis]
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.data_dir / "cluster.json"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.manifest_path.unlink(missing_ok=True)
+        start_all(self.processes)
+        (self.data_dir / "cachegrid.toml").write_text(self.config_toml())
+        self.manifest_path.write_bytes(orjson.dumps(self.manifest(), option=orjson.OPT_INDENT_2))
+
+    def stop(self) -> None:
+        self.manifest_path.unlink(missing_ok=True)
+        for process in reversed(self.processes):
+            process.stop()
+
+    def manifest(self) -> dict[str, Any]:
+        """The contents of cluster.json (DESIGN.md §8)."""
+        return {
+            "nodes": [],
+            "redis": [{"addr": r.endpoint, "pid": r.pid} for r in self.redis],
+            "etcd": [{"url": e.url, "pid": e.pid} for e in self.etcd],
+            "admin_token": self.admin_token,
+        }
+
+    def config_toml(self) -> str:
+        """A config file for this cluster, for nodes and tools pointed at it."""
+        etcd = ", ".join(f'"{e.endpoint}"' for e in self.etcd)
+        redis = ", ".join(f'"{r.endpoint}"' for r in self.redis)
+        appendfsync = self.redis[0].appendfsync if self.redis else "everysec"
+        return (
+            f"# Written by `cachegrid up` for the cluster in {self.data_dir}.\n"
+            f"[etcd]\nendpoints = [{etcd}]\n\n"
+            f'[store]\nreplicas = [{redis}]\nappendfsync = "{appendfsync}"\n'
+        )
+
+    def table(self) -> str:
+        rows = [("etcd", e.url, e.pid) for e in self.etcd]
+        rows += [(f"redis{i}", r.endpoint, r.pid) for i, r in enumerate(self.redis)]
+        lines = [f"{'process':<10} {'address':<28} pid"]
+        lines += [f"{name:<10} {addr:<28} {pid}" for name, addr, pid in rows]
+        return "\n".join(lines)
+
+
+def run(cluster: LocalCluster) -> None:
+    """Start ``cluster``, print it, and keep it up until SIGINT or SIGTERM; then stop it."""
+    stop = threading.Event()
+    previous = {
+        signum: signal.signal(signum, lambda *_: stop.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        cluster.start()
+        print(cluster.table())
+        print(f"cluster ready: {cluster.manifest_path} (Ctrl-C stops it)", flush=True)
+        _watch(cluster, stop)
+    finally:
+        cluster.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        print("cluster stopped", flush=True)
+
+
+def _watch(cluster: LocalCluster, stop: threading.Event) -> None:
+    """Wait for a stop signal, reporting any process that dies on its own meanwhile."""
+    reported: set[int] = set()
+    while not stop.wait(0.5):
+        for process in cluster.processes:
+            if not process.running and id(process) not in reported:
+                reported.add(id(process))
+                print(f"warning: {process!r} exited; log: {process.log_path}", flush=True)

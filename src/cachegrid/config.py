@@ -1,0 +1,212 @@
+"""Configuration: one TOML file, overridden by ``CACHEGRID_*`` variables, then validated.
+
+Owns: the settings' names, types, defaults and limits, and the rules for reading them.
+
+Invariants:
+- A ``Config`` is immutable and fully validated: code that receives one never re-checks.
+- Precedence, lowest first: defaults < TOML file < environment < explicit overrides.
+- Every problem is reported at once, each as ``section.field: what is wrong``.
+- This module imports no networking library: it only describes settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CACHEGRID_"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    # Client endpoints (host:port) of the etcd cluster; any one of them may be used.
+    endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    # Every cachegrid key in etcd lives under this prefix.
+    prefix: str = "/cachegrid"
+
+    def problems(self) -> list[str]:
+        found = [f"etcd.endpoints: {e!r} is not host:port" for e in self.endpoints if not _addr(e)]
+        if not self.endpoints:
+            found.append("etcd.endpoints: at least one endpoint is needed")
+        if not self.prefix.startswith("/") or self.prefix.endswith("/"):
+            found.append("etcd.prefix: must start with '/' and not end with '/'")
+        return found
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    # The Redis replicas (host:port). A majority must answer for any operation.
+    replicas: tuple[str, ...] = ("127.0.0.1:6379", "127.0.0.1:6380", "127.0.0.1:6381")
+    # Deadline of one store operation in seconds, write-back included.
+    timeout: float = 0.5
+    # At most this many commands in flight per replica; more wait (within the deadline).
+    max_in_flight: int = 64
+    # Seconds a replica is skipped after 3 failures in a row, before it is probed again.
+    cooldown: float = 0.5
+    # AOF fsync policy of the replicas that cachegrid starts: everysec | always.
+    appendfsync: str = "everysec"
+    max_value_bytes: int = 1 << 20
+    max_key_bytes: int = 1024
+
+    def problems(self) -> list[str]:
+        found = [f"store.replicas: {r!r} is not host:port" for r in self.replicas if not _addr(r)]
+        if not self.replicas:
+            found.append("store.replicas: at least one replica is needed")
+        if len(set(self.replicas)) != len(self.replicas):
+            found.append("store.replicas: a replica is listed twice")
+        found += _positive("store", self, "timeout", "max_in_flight", "cooldown")
+        found += _positive("store", self, "max_value_bytes", "max_key_bytes")
+        if self.appendfsync not in ("everysec", "always"):
+            found.append("store.appendfsync: must be 'everysec' or 'always'")
+        return found
+
+
+@dataclass(frozen=True)
+class Config:
+    etcd: EtcdConfig = field(default_factory=EtcdConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+
+_SECTIONS: dict[str, type[Any]] = {"etcd": EtcdConfig, "store": StoreConfig}
+
+
+def load(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """The validated configuration from ``path``, ``environ`` and ``overrides``.
+
+    ``overrides`` maps ``"section.field"`` to a value, as command-line flags give them.
+    """
+    layers: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    if path is not None:
+        _merge(layers, _read_toml(path, problems), problems)
+    _merge(layers, _from_env(os.environ if environ is None else environ), problems)
+    for dotted, value in (overrides or {}).items():
+        section, _, name = dotted.partition(".")
+        layers.setdefault(section, {})[name] = value
+    config = _build(layers, problems)
+    problems += config.etcd.problems() + config.store.problems()
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        problems.append(f"{path}: cannot read: {error.strerror}")
+    except tomllib.TOMLDecodeError as error:
+        problems.append(f"{path}: not valid TOML: {error}")
+    return {}
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """``CACHEGRID_STORE_TIMEOUT=0.2`` -> {"store": {"timeout": "0.2"}}."""
+    layers: dict[str, dict[str, Any]] = {}
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX):
+            section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
+            layers.setdefault(section, {})[key] = value
+    return layers
+
+
+def _merge(into: dict[str, dict[str, Any]], layer: dict[str, Any], problems: list[str]) -> None:
+    for section, values in layer.items():
+        if isinstance(values, dict):
+            into.setdefault(section, {}).update(values)
+        else:
+            problems.append(f"{section}: must be a table of settings")
+
+
+def _build(layers: dict[str, dict[str, Any]], problems: list[str]) -> Config:
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    built: dict[str, Any] = {}
+    for section, values in layers.items():
+        if section not in sections:
+            problems.append(f"{section}: unknown section (known: {', '.join(sections)})")
+            continue
+        built[section] = _build_section(
+            section, globals()[str(sections[section])], values, problems
+        )
+    return Config(**built)
+
+
+def _build_section(
+    section: str, cls: type[Any], values: dict[str, Any], problems: list[str]
+) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, raw in values.items():
+        if name not in fields:
+            problems.append(f"{section}.{name}: unknown setting")
+            continue
+        default = getattr(cls(), name)
+        try:
+            kwargs[name] = _coerce(raw, default)
+        except (TypeError, ValueError) as error:
+            problems.append(f"{section}.{name}: {error}")
+    return cls(**kwargs)
+
+
+def _coerce(raw: Any, default: Any) -> Any:
+    """``raw`` (from TOML, or a string from the environment) as the type of ``default``."""
+    if isinstance(default, tuple):
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise TypeError("must be a list of strings")
+        return tuple(item.strip() for item in items if item.strip())
+    if isinstance(default, bool):
+        if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return raw.lower() in ("1", "true", "yes")
+        if isinstance(raw, bool):
+            return raw
+        raise TypeError("must be true or false")
+    if isinstance(default, int | float) and isinstance(raw, bool):
+        raise TypeError(f"must be a number, not {raw!r}")
+    if isinstance(default, int):
+        return _number(int, raw)
+    if isinstance(default, float):
+        return _number(float, raw)
+    if not isinstance(raw, str):
+        raise TypeError(f"must be a string, not {raw!r}")
+    return raw
+
+
+def _number(kind: type[int] | type[float], raw: Any) -> int | float:
+    if isinstance(raw, str):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"must be a number, not {raw!r}") from None
+    if kind is float and isinstance(raw, int | float):
+        return float(raw)
+    if kind is int and isinstance(raw, int):
+        return raw
+    raise TypeError(f"must be {'an integer' if kind is int else 'a number'}, not {raw!r}")
+
+
+def _positive(section: str, obj: object, *names: str) -> list[str]:
+    return [f"{section}.{name}: must be > 0" for name in names if getattr(obj, name) <= 0]
+
+
+def _addr(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)

@@ -1,0 +1,280 @@
+"""Real server processes on loopback: redis-server and etcd, for tests and ``cachegrid up``.
+
+Owns: how to start, probe, pause, kill, restart and stop a local redis-server or etcd
+process, and how to pick free loopback ports for them.
+
+Invariants:
+- Every process listens on 127.0.0.1 only, in its own data directory, logging to a file.
+- A started process dies with the process that started it (PR_SET_PDEATHSIG), so an
+  interrupted test run or a killed ``cachegrid up`` leaves nothing running.
+- ``stop`` is idempotent and always reaps the child: SIGTERM, then SIGKILL after a grace.
+- Ports are below the kernel's ephemeral range (32768+), where client sockets cannot
+  take them, and no allocator hands out the same port twice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: have the kernel kill it if we die."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class PortAllocator:
+    """Hands out distinct free TCP ports on 127.0.0.1 from [low, high)."""
+
+    def __init__(self, low: int = 20000, high: int = 32000, seed: int | None = None) -> None:
+        self._low, self._high = low, high
+        self._given: set[int] = set()
+        self._random = random.Random(seed)
+
+    def take(self) -> int:
+        for _ in range(1000):
+            port = self._random.randrange(self._low, self._high)
+            if port not in self._given and bindable(port):
+                self._given.add(port)
+                return port
+        raise RuntimeError(f"no free port in [{self._low}, {self._high})")
+
+
+def bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class ServerProcess:
+    """A child server process with a data directory and a log file."""
+
+    name = "server"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {self.endpoint} pid={self.pid} {state}>"
+
+    @property
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def is_ready(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen else None
+
+    @property
+    def running(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the process and wait until it answers; RuntimeError with its log if not."""
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to answer."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self._popen = subprocess.Popen(
+                self.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(f"{self.name} exited at start; log:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready after {timeout}s; log:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; always reaps. Idempotent."""
+        if self._popen is None:
+            return
+        if self._popen.poll() is None:
+            self._signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
+            self._popen.terminate()
+            try:
+                self._popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                self._popen.wait()
+        self._popen = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to flush or clean up."""
+        if self._popen is not None:
+            self._popen.kill()
+            self._popen.wait()
+            self._popen = None
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def wipe(self) -> None:
+        """Delete the data directory (the process must be stopped): it restarts empty."""
+        if self.running:
+            raise RuntimeError(f"cannot wipe a running {self.name}")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def _signal(self, signum: int) -> None:
+        if self._popen is not None and self._popen.poll() is None:
+            os.kill(self._popen.pid, signum)
+
+
+class RedisServer(ServerProcess):
+    """A redis-server with AOF on, as every store replica runs (DESIGN.md §5)."""
+
+    name = "redis-server"
+
+    def __init__(self, data_dir: Path, port: int, appendfsync: str = "everysec") -> None:
+        super().__init__(data_dir)
+        self.port = port
+        self.appendfsync = appendfsync
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [
+            "redis-server",
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "no",
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+class EtcdServer(ServerProcess):
+    """One etcd member; ``initial_cluster`` lists every member as name=peer-url."""
+
+    name = "etcd"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        member_name: str,
+        client_port: int,
+        peer_port: int,
+        initial_cluster: str | None = None,
+    ) -> None:
+        super().__init__(data_dir)
+        self.member_name = member_name
+        self.client_port = client_port
+        self.peer_port = peer_port
+        self.initial_cluster = initial_cluster or f"{member_name}={self.peer_url}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def argv(self) -> list[str]:
+        return [
+            "etcd",
+            "--name", self.member_name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.url,
+            "--advertise-client-urls", self.url,
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", self.initial_cluster,
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", "cachegrid",
+            "--heartbeat-interval", "50",
+            "--election-timeout", "500",
+            "--log-level", "warn",
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=0.5) as response:
+                return b'"health":"true"' in response.read()
+        except OSError:
+            return False
+
+
+def etcd_cluster(base_dir: Path, ports: PortAllocator, size: int) -> list[EtcdServer]:
+    """``size`` etcd members forming one cluster, not yet started."""
+    names = [f"etcd{i}" for i in range(size)]
+    peer_ports = [ports.take() for _ in names]
+    initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(names, peer_ports, strict=True))
+    return [
+        EtcdServer(base_dir / name, name, ports.take(), peer_port, initial)
+        for name, peer_port in zip(names, peer_ports, strict=True)
+    ]
+
+
+def start_all(servers: list[ServerProcess], timeout: float = 20.0) -> None:
+    """Start every server, then wait for all (an etcd member alone cannot become ready)."""
+    try:
+        for server in servers:
+            server.spawn()
+        for server in servers:
+            server.wait_ready(timeout)
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise

@@ -1,0 +1,382 @@
+"""A linearizable register per key, replicated over R independent Redis servers (ABD).
+
+Owns: fan-out of every operation to the replicas, the majority rule, per-operation
+deadlines, write-back on reads, read repair of stragglers, and the anti-entropy pass.
+
+Invariants:
+- A write is acknowledged only once a majority of replicas holds its version or a newer
+  one. Any two majorities intersect, so every later read sees it.
+- A read returns the newest record among a majority, and only after a majority holds that
+  record (write-back). So once a read has returned a version, no later read returns an
+  older one, even if the write that produced it never completed.
+- Every operation ends by its deadline whatever a minority of replicas does: it waits for
+  the first majority only. Calls still running then finish in the background within
+  their own per-call timeout, and are cancelled by ``close``.
+- A failed write says whether it may have taken effect: ``StoreUnavailable`` only when no
+  replica can have applied it, ``WriteIndeterminate`` otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from cachegrid.errors import (
+    CachegridError,
+    ReplicaCorrupt,
+    ReplicaError,
+    StoreUnavailable,
+    TooLarge,
+    WriteIndeterminate,
+)
+from cachegrid.keys import DEFAULT_MAX_KEY_BYTES, check_key
+from cachegrid.store.record import Record
+from cachegrid.store.replica import Replica
+from cachegrid.version import ZERO, Version
+
+T = TypeVar("T")
+
+# What one replica answered for a batch read: a record, a corrupt marker or None, per key.
+Answer = list[Record | ReplicaCorrupt | None]
+
+
+def version_of(record: Record | ReplicaCorrupt | None) -> Version:
+    """The version a reply stands for: absent and corrupt records rank below every write."""
+    return record.version if isinstance(record, Record) else ZERO
+
+
+@dataclass
+class BatchRead:
+    """The outcome of a multi-key read: a record (or None when absent) or an error, per key."""
+
+    records: dict[str, Record | None] = field(default_factory=dict)
+    errors: dict[str, CachegridError] = field(default_factory=dict)
+
+
+@dataclass
+class RepairReport:
+    keys_checked: int = 0
+    copies_written: int = 0
+    unreachable: list[str] = field(default_factory=list)
+
+
+class QuorumStore:
+    """The quorum register over ``replicas``. Safe for concurrent use from one event loop."""
+
+    def __init__(
+        self,
+        replicas: Sequence[Replica],
+        *,
+        timeout: float,
+        max_value_bytes: int = 1 << 20,
+        max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not replicas:
+            raise ValueError("a store needs at least one replica")
+        self.replicas = list(replicas)
+        self.majority = len(self.replicas) // 2 + 1
+        self.timeout = timeout
+        self.max_value_bytes = max_value_bytes
+        self.max_key_bytes = max_key_bytes
+        self._clock = clock
+        # Every replica call in flight, ours to cancel on close; a call removes itself.
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        up = sum(replica.is_up() for replica in self.replicas)
+        return (
+            f"<QuorumStore replicas={len(self.replicas)} up={up} "
+            f"majority={self.majority} in_flight={len(self._in_flight)}>"
+        )
+
+    async def read(self, key: str) -> Record | None:
+        """The latest record of ``key`` (None if never written). StoreUnavailable on failure."""
+        result = await self.read_many([key])
+        if key in result.errors:
+            raise result.errors[key]
+        return result.records[key]
+
+    async def read_many(self, keys: Iterable[str]) -> BatchRead:
+        """Read each key with one round per replica, then write back where a majority lags."""
+        result = BatchRead()
+        valid_keys = [key for key in dict.fromkeys(keys) if self._key_ok(key, result)]
+        if not valid_keys:
+            return result
+        deadline = self._clock() + self.timeout
+        answers, stragglers = await self._read_majority(valid_keys, deadline)
+        plan = _plan_write_back(valid_keys, answers, self.majority)
+        for task, replica in stragglers.items():
+            task.add_done_callback(self._repair_straggler(replica, valid_keys, plan.latest))
+        await self._write_back(plan, deadline)
+        for key in valid_keys:
+            self._settle(key, plan, result)
+        return result
+
+    async def write(self, key: str, record: Record) -> Version:
+        """Store ``record`` on a majority; the newest version a majority member then holds.
+
+        That is ``record.version`` unless a replica already held a newer version.
+        """
+        check_key(key, self.max_key_bytes)
+        record.version.check()
+        if len(record.value) > self.max_value_bytes:
+            raise TooLarge(
+                f"value is {len(record.value)} bytes, the limit is {self.max_value_bytes}"
+            )
+        deadline = self._clock() + self.timeout
+        tasks = {
+            self._spawn(replica.write([(key, record)])): replica for replica in self._targets()
+        }
+        acks: list[Version] = []
+        failures: list[ReplicaError] = []
+
+        def on_done(task: asyncio.Task[list[Version]]) -> None:
+            _collect(task, acks, failures)
+
+        await self._until(tasks, deadline, on_done, lambda: len(acks) >= self.majority)
+        if len(acks) >= self.majority:
+            return max(acks)
+        # Replicas left out by _targets were never sent the write: they do not count here.
+        unanswered = len(tasks) - len(acks) - len(failures)
+        raise self._write_failure(acks, failures, unanswered)
+
+    async def repair(self, batch: int = 256) -> RepairReport:
+        """Anti-entropy: copy the newest record of every key to every replica that lags.
+
+        Scans the whole keyspace of every reachable replica, so a key that only a minority
+        holds (a write that was never acknowledged) is spread too, as a later read would.
+        """
+        report = RepairReport()
+        for replica in self.replicas:
+            cursor = 0
+            while True:
+                try:
+                    cursor, keys = await replica.scan(cursor, batch)
+                except ReplicaError:
+                    report.unreachable.append(replica.addr)
+                    break
+                if keys:
+                    await self._repair_keys(keys, report)
+                if cursor == 0:
+                    break
+        return report
+
+    def health(self) -> list[dict[str, object]]:
+        now = self._clock()
+        return [{"addr": r.addr, **r.health.snapshot(now)} for r in self.replicas]
+
+    async def close(self) -> None:
+        for task in list(self._in_flight):
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await asyncio.gather(*(replica.close() for replica in self.replicas))
+
+    # -- reads ------------------------------------------------------------------------
+
+    def _key_ok(self, key: str, result: BatchRead) -> bool:
+        try:
+            check_key(key, self.max_key_bytes)
+        except CachegridError as error:
+            result.errors[key] = error
+            return False
+        return True
+
+    async def _read_majority(
+        self, keys: list[str], deadline: float
+    ) -> tuple[dict[Replica, Answer], dict[asyncio.Task[Answer], Replica]]:
+        """Answers until each key has a majority of decodable replies, and the stragglers."""
+        tasks = {self._spawn(replica.read(keys)): replica for replica in self._targets()}
+        answers: dict[Replica, Answer] = {}
+
+        def enough() -> bool:
+            return len(answers) >= self.majority and all(
+                _decodable(answers, i) >= self.majority for i in range(len(keys))
+            )
+
+        def on_done(task: asyncio.Task[Answer]) -> None:
+            if _succeeded(task):
+                answers[tasks[task]] = task.result()
+
+        await self._until(tasks, deadline, on_done, enough)
+        # Includes a task that finished after we stopped waiting: its answer is late too.
+        stragglers = {task: replica for task, replica in tasks.items() if replica not in answers}
+        return answers, stragglers
+
+    async def _write_back(self, plan: _Plan, deadline: float) -> None:
+        """ABD phase two: bring lagging members of the read majority up to the latest."""
+        if not plan.behind:
+            return
+        tasks = {self._spawn(replica.write(items)): items for replica, items in plan.behind.items()}
+
+        def on_done(task: asyncio.Task[list[Version]]) -> None:
+            if _succeeded(task):
+                for key, _record in tasks[task]:
+                    plan.holders[key] += 1
+
+        await self._until(tasks, deadline, on_done, lambda: False)
+
+    def _settle(self, key: str, plan: _Plan, result: BatchRead) -> None:
+        """Return a key's latest record only if a majority now holds it."""
+        holders = plan.holders.get(key, 0)
+        if holders >= self.majority:
+            result.records[key] = plan.latest[key]
+        else:
+            result.errors[key] = self._short_of_majority(holders)
+
+    def _repair_straggler(
+        self, replica: Replica, keys: list[str], latest: dict[str, Record | None]
+    ) -> Callable[[asyncio.Task[Answer]], None]:
+        """Read repair: when a late answer shows stale copies, update them in the background."""
+
+        def on_done(task: asyncio.Task[Answer]) -> None:
+            if not _succeeded(task):
+                return
+            stale = [
+                (key, record)
+                for key, reply in zip(keys, task.result(), strict=True)
+                if (record := latest.get(key)) is not None and version_of(reply) < record.version
+            ]
+            if stale:
+                self._spawn(replica.write(stale))
+
+        return on_done
+
+    # -- writes -----------------------------------------------------------------------
+
+    def _write_failure(
+        self, acks: list[Version], failures: list[ReplicaError], unanswered: int
+    ) -> CachegridError:
+        reasons = "; ".join(failure.message for failure in failures) or "no replica answered"
+        summary = (
+            f"{len(acks)} of {len(self.replicas)} replicas acknowledged, "
+            f"{self.majority} needed ({reasons})"
+        )
+        if not acks and unanswered == 0 and all(failure.definite for failure in failures):
+            return StoreUnavailable(f"write not applied: {summary}")
+        return WriteIndeterminate(f"write may or may not have taken effect: {summary}")
+
+    # -- anti-entropy -----------------------------------------------------------------
+
+    async def _repair_keys(self, keys: list[str], report: RepairReport) -> None:
+        """Bring every reachable replica up to the newest record of each key in ``keys``."""
+        answers = await asyncio.gather(
+            *(replica.read(keys) for replica in self.replicas), return_exceptions=True
+        )
+        reached = {
+            replica: answer
+            for replica, answer in zip(self.replicas, answers, strict=True)
+            if not isinstance(answer, BaseException)
+        }
+        report.keys_checked += len(keys)
+        plan = _plan_write_back(keys, reached, majority=1)
+        writes = [replica.write(items) for replica, items in plan.behind.items()]
+        outcomes = await asyncio.gather(*writes, return_exceptions=True)
+        for items, outcome in zip(plan.behind.values(), outcomes, strict=True):
+            if not isinstance(outcome, BaseException):
+                report.copies_written += len(items)
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _targets(self) -> list[Replica]:
+        """Replicas worth asking: those up, or all of them if too few are up for a majority."""
+        up = [replica for replica in self.replicas if replica.is_up()]
+        return up if len(up) >= self.majority else self.replicas
+
+    def _short_of_majority(self, count: int) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"only {count} of {len(self.replicas)} replicas answered in time, "
+            f"{self.majority} needed"
+        )
+
+    def _spawn(self, call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run one replica call as a task that outlives the operation if it must."""
+        task = asyncio.ensure_future(call)
+        self._in_flight.add(task)
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a straggler's failure is expected, not news
+
+    async def _until(
+        self,
+        tasks: Iterable[asyncio.Task[T]],
+        deadline: float,
+        on_done: Callable[[asyncio.Task[T]], None],
+        enough: Callable[[], bool],
+    ) -> None:
+        """Hand each task to ``on_done`` as it finishes, until ``enough()``, all are done,
+        or the deadline.
+
+        Results are taken here rather than in done-callbacks: a task can be done before
+        its callbacks have run, so a callback may not yet have seen it when we resume.
+        """
+        pending = set(tasks)
+        while pending and not enough():
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return
+            finished, pending = await asyncio.wait(
+                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in finished:
+                on_done(task)
+
+
+@dataclass
+class _Plan:
+    """What a read learned: the latest record per key, who holds it, who lags behind."""
+
+    latest: dict[str, Record | None] = field(default_factory=dict)
+    holders: dict[str, int] = field(default_factory=dict)
+    behind: dict[Replica, list[tuple[str, Record]]] = field(default_factory=dict)
+
+
+def _plan_write_back(keys: list[str], answers: dict[Replica, Answer], majority: int) -> _Plan:
+    """Pure: from the replicas' answers, the latest record per key and the copies to write.
+
+    Keys with fewer than ``majority`` decodable answers get no entry in ``latest``.
+    """
+    plan = _Plan()
+    for index, key in enumerate(keys):
+        replies = {replica: answer[index] for replica, answer in answers.items()}
+        decodable = [reply for reply in replies.values() if not isinstance(reply, ReplicaCorrupt)]
+        if len(decodable) < majority:
+            continue
+        latest = max(decodable, key=version_of)
+        plan.latest[key] = latest
+        plan.holders[key] = 0
+        for replica, reply in replies.items():
+            if latest is None or (
+                not isinstance(reply, ReplicaCorrupt) and version_of(reply) >= latest.version
+            ):
+                plan.holders[key] += not isinstance(reply, ReplicaCorrupt)
+            else:
+                plan.behind.setdefault(replica, []).append((key, latest))
+    return plan
+
+
+def _succeeded(task: asyncio.Task[Any]) -> bool:
+    return not task.cancelled() and task.exception() is None
+
+
+def _decodable(answers: dict[Replica, Answer], index: int) -> int:
+    return sum(not isinstance(answer[index], ReplicaCorrupt) for answer in answers.values())
+
+
+def _collect(
+    task: asyncio.Task[list[Version]], acks: list[Version], failures: list[ReplicaError]
+) -> None:
+    error = task.exception()
+    if error is None:
+        acks.append(task.result()[0])
+    elif isinstance(error, ReplicaError):
+        failures.append(error)
+    else:
+        raise error

@@ -1,0 +1,239 @@
+"""One Redis server holding one copy of every record.
+
+Owns: the connection pool to one replica, the atomic set-if-newer Lua script, the
+translation of every redis-py error into ``ReplicaError``, and the replica's health
+(outcomes, latency, last success, circuit breaker).
+
+Invariants:
+- A replica only ever moves a key forward: set-if-newer writes a record only when its
+  version is greater than the stored one, atomically in Lua. A record that cannot be
+  decoded counts as absent for a write, so a newer write repairs it.
+- Every call is bounded by ``timeout``; no call outlives it, and at most ``max_in_flight``
+  calls hold a connection at once (a stuck replica cannot hoard sockets).
+- No redis-py exception escapes this module; the quorum above sees ``ReplicaError`` only.
+  Its ``definite`` flag is true only when the command certainly did not run.
+- Health is observed here but acted on by the quorum: this module never refuses a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from cachegrid.errors import ReplicaCorrupt, ReplicaError
+from cachegrid.store.record import FIELDS, KEY_PREFIX, Record, decode, encode_args, redis_key
+from cachegrid.version import Version
+
+T = TypeVar("T")
+
+# Returns the version stored after the call: ARGV's when written, the existing newer (or
+# equal) one when not. The caller compares it with its own to learn what happened.
+SET_IF_NEWER = """
+local cur = redis.call('HMGET', KEYS[1], 'e', 's')
+local ce, cs = tonumber(cur[1]), tonumber(cur[2])
+local ne, ns = tonumber(ARGV[1]), tonumber(ARGV[2])
+if ce and cs and (ce > ne or (ce == ne and cs >= ns)) then
+  return {cur[1], cur[2]}
+end
+redis.call('HSET', KEYS[1], 'e', ARGV[1], 's', ARGV[2], 't', ARGV[3], 'v', ARGV[4])
+return {ARGV[1], ARGV[2]}
+"""
+
+
+@dataclass
+class ReplicaHealth:
+    """What the quorum, status and metrics know about one replica. Mutated only here."""
+
+    ok: int = 0
+    errors: int = 0
+    corrupt: int = 0
+    consecutive_failures: int = 0
+    last_ok: float | None = None  # monotonic time of the last success
+    last_error: str = ""
+    latency_ewma: float = 0.0  # seconds, successful calls only
+    down_until: float = 0.0  # monotonic; the breaker is open before this
+
+    def snapshot(self, now: float) -> dict[str, object]:
+        return {
+            "up": now >= self.down_until,
+            "ok": self.ok,
+            "errors": self.errors,
+            "corrupt_records": self.corrupt,
+            "consecutive_failures": self.consecutive_failures,
+            "seconds_since_ok": None if self.last_ok is None else round(now - self.last_ok, 3),
+            "latency_ms": round(self.latency_ewma * 1000, 3),
+            "last_error": self.last_error,
+        }
+
+
+class Replica:
+    """Async access to one replica. Safe for concurrent use from one event loop."""
+
+    # After this many failures in a row the breaker opens for ``cooldown`` seconds.
+    failure_threshold = 3
+
+    def __init__(
+        self,
+        addr: str,
+        *,
+        timeout: float,
+        max_in_flight: int = 64,
+        cooldown: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        host, _, port = addr.rpartition(":")
+        self.addr = addr
+        self.timeout = timeout
+        self.cooldown = cooldown
+        self.health = ReplicaHealth()
+        self._clock = clock
+        # Our own deadlines replace redis-py's retries: a retry would outlive them.
+        self._redis = aioredis.Redis(
+            host=host,
+            port=int(port),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=max_in_flight,
+            health_check_interval=0,
+        )
+        self._set_if_newer = self._redis.register_script(SET_IF_NEWER)
+        # Bounds the calls holding (or waiting for) a connection; waiting counts
+        # against the call's timeout, so a stuck replica sheds load instead of queueing.
+        self._slots = asyncio.Semaphore(max_in_flight)
+
+    def __repr__(self) -> str:
+        state = "up" if self.is_up() else "down"
+        return f"<Replica {self.addr} {state} failures={self.health.consecutive_failures}>"
+
+    def is_up(self) -> bool:
+        """False while the breaker is open after repeated failures."""
+        return self._clock() >= self.health.down_until
+
+    async def read(self, keys: Sequence[str]) -> list[Record | ReplicaCorrupt | None]:
+        """The stored record of each key, in order; a ReplicaCorrupt in place of a bad one."""
+
+        async def run() -> list[list[bytes | None]]:
+            if len(keys) == 1:
+                return [await self._redis.hmget(redis_key(keys[0]), FIELDS)]
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(redis_key(key), FIELDS)
+            return await pipe.execute()
+
+        return [self._decode(fields) for fields in await self._call(run)]
+
+    async def write(self, items: Sequence[tuple[str, Record]]) -> list[Version]:
+        """Set-if-newer each (key, record); the version stored afterwards, per item."""
+
+        async def run() -> list[list[bytes]]:
+            if len(items) == 1:
+                key, record = items[0]
+                return [await self._set_if_newer([redis_key(key)], encode_args(record))]
+            pipe = self._redis.pipeline(transaction=False)
+            for key, record in items:
+                await self._set_if_newer([redis_key(key)], encode_args(record), client=pipe)
+            return await pipe.execute()
+
+        replies = await self._call(run)
+        try:
+            return [Version(int(epoch), int(seq)) for epoch, seq in replies]
+        except (TypeError, ValueError) as error:
+            raise self._failed(ReplicaCorrupt(f"{self.addr}: bad script reply")) from error
+
+    async def scan(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One SCAN step over this replica's cachegrid keys: (next cursor, user keys)."""
+
+        async def run() -> tuple[int, list[bytes]]:
+            return await self._redis.scan(cursor, match=KEY_PREFIX + b"*", count=count)
+
+        next_cursor, stored = await self._call(run)
+        prefix = len(KEY_PREFIX)
+        return int(next_cursor), [key[prefix:].decode(errors="replace") for key in stored]
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    def _decode(self, fields: list[bytes | None]) -> Record | ReplicaCorrupt | None:
+        try:
+            return decode(fields)
+        except ReplicaCorrupt as error:
+            self.health.corrupt += 1
+            return ReplicaCorrupt(f"{self.addr}: {error.message}")
+
+    async def _call(self, run: Callable[[], Awaitable[T]]) -> T:
+        started = self._clock()
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._slots:
+                    result = await self._run_once_more_if_stale(run)
+        except TimeoutError as error:
+            raise self._failed(ReplicaError(f"{self.addr}: timed out", definite=False)) from error
+        except ReplicaError as error:
+            raise self._failed(error) from error
+        except rexc.RedisError as error:
+            raise self._failed(_translate(self.addr, error)) from error
+        self._succeeded(self._clock() - started)
+        return result
+
+    async def _run_once_more_if_stale(self, run: Callable[[], Awaitable[T]]) -> T:
+        """Run; if a pooled connection turns out dead, drop the idle ones and run again.
+
+        After a replica restarts, every pooled connection is dead, and the first command on
+        each would fail. Both calls are idempotent (reads; set-if-newer), so one more try is
+        safe; but the first may have executed, so a second failure is never 'definite'.
+        """
+        try:
+            return await run()
+        except rexc.ConnectionError as error:
+            if _before_sending(error):
+                raise
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
+        try:
+            return await run()
+        except rexc.RedisError as error:
+            raise ReplicaError(f"{self.addr}: failed again: {error}", definite=False) from error
+
+    def _succeeded(self, latency: float) -> None:
+        health = self.health
+        health.ok += 1
+        health.consecutive_failures = 0
+        health.down_until = 0.0
+        health.last_ok = self._clock()
+        health.latency_ewma = (
+            latency if health.ok == 1 else 0.9 * health.latency_ewma + 0.1 * latency
+        )
+
+    def _failed(self, error: ReplicaError) -> ReplicaError:
+        health = self.health
+        health.errors += 1
+        health.consecutive_failures += 1
+        health.last_error = error.message
+        if health.consecutive_failures >= self.failure_threshold:
+            health.down_until = self._clock() + self.cooldown
+        return error
+
+
+def _before_sending(error: rexc.RedisError) -> bool:
+    """True when redis-py failed before any byte of the command left: nothing executed."""
+    return isinstance(error, rexc.MaxConnectionsError) or "connecting to" in str(error)
+
+
+def _translate(addr: str, error: rexc.RedisError) -> ReplicaError:
+    """The ReplicaError for one redis-py error, with whether the command surely did not run."""
+    if isinstance(error, rexc.ResponseError):
+        # The server refused the command (a script error, OOM, read-only): it did not apply.
+        return ReplicaError(f"{addr}: refused: {error}", definite=True)
+    if _before_sending(error):
+        return ReplicaError(f"{addr}: unreachable: {error}", definite=True)
+    if isinstance(error, rexc.InvalidResponse | rexc.DataError):
+        return ReplicaCorrupt(f"{addr}: protocol error: {error}")
+    return ReplicaError(f"{addr}: failed: {error}", definite=False)

@@ -1,0 +1,67 @@
+"""Configuration: precedence, coercion, and validation that reports every problem."""
+
+from pathlib import Path
+
+import pytest
+
+from cachegrid.config import Config, ConfigError, load
+
+SHIPPED = Path(__file__).parents[2] / "config" / "cachegrid.toml"
+
+
+def test_shipped_file_is_valid_and_states_the_defaults() -> None:
+    assert load(SHIPPED, environ={}) == Config()
+
+
+def test_environment_overrides_file_and_flags_override_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[store]\ntimeout = 2.0\nreplicas = ["h:1", "h:2", "h:3"]\n')
+    env = {"CACHEGRID_STORE_TIMEOUT": "0.25", "CACHEGRID_STORE_REPLICAS": "a:1, b:2,c:3"}
+    config = load(path, environ=env, overrides={"store.max_in_flight": 8})
+    assert config.store.timeout == 0.25
+    assert config.store.replicas == ("a:1", "b:2", "c:3")
+    assert config.store.max_in_flight == 8
+    assert load(path, environ={}).store.timeout == 2.0
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[store]\ntimeout = -1\nreplicas = ["nope", "a:1", "a:1"]\nappendfsync = "no"\n'
+        "max_in_flight = 1.5\ncolour = 3\n[etc]\nx = 1\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        load(path, environ={"CACHEGRID_ETCD_PREFIX": "bad/"})
+    assert sorted(error.value.problems) == sorted(
+        [
+            "store.replicas: 'nope' is not host:port",
+            "store.replicas: a replica is listed twice",
+            "store.timeout: must be > 0",
+            "store.appendfsync: must be 'everysec' or 'always'",
+            "store.max_in_flight: must be an integer, not 1.5",
+            "store.colour: unknown setting",
+            "etc: unknown section (known: etcd, store)",
+            "etcd.prefix: must start with '/' and not end with '/'",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("[store\n", "not valid TOML"), ("store = 3\n", "store: must be a table")],
+)
+def test_malformed_files_are_reported(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load(path, environ={})
+
+
+def test_a_missing_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "absent.toml", environ={})
+
+
+def test_numbers_from_the_environment_must_parse() -> None:
+    with pytest.raises(ConfigError, match=r"store.timeout: must be a number, not 'soon'"):
+        load(environ={"CACHEGRID_STORE_TIMEOUT": "soon"})
