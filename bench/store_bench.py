@@ -1,8 +1,9 @@
 """Quorum store throughput and latency, as ratios to plain redis-py on the same machine.
 
-Starts 3 replicas plus one baseline redis-server on loopback (AOF everysec on all), then in
-one run measures, at concurrency 1 and 32: quorum read, quorum write, and plain redis-py
-GET and SET against the single baseline server. Prints a table; ratios first.
+Starts 3 replicas plus one baseline redis-server on loopback (AOF everysec), and 3 more
+replicas with `appendfsync always`, then in one run measures, at concurrency 1 and 32:
+quorum read, quorum write (everysec and always), and plain redis-py GET and SET against the
+single baseline server. Prints a table; ratios first.
 
     .venv/bin/python bench/store_bench.py [--seconds 3] [--value-bytes 100]
 """
@@ -54,6 +55,7 @@ async def main(seconds: float, value_bytes: int) -> None:
     ports = PortAllocator()
     with tempfile.TemporaryDirectory() as tmp:
         servers = [RedisServer(Path(tmp) / f"r{i}", ports.take()) for i in range(4)]
+        servers += [RedisServer(Path(tmp) / f"a{i}", ports.take(), "always") for i in range(3)]
         start_all(list(servers))
         try:
             await run(servers, seconds, value_bytes)
@@ -64,6 +66,7 @@ async def main(seconds: float, value_bytes: int) -> None:
 
 async def run(servers: list[RedisServer], seconds: float, value_bytes: int) -> None:
     store = QuorumStore([Replica(s.endpoint, timeout=2) for s in servers[:3]], timeout=2)
+    fsynced = QuorumStore([Replica(s.endpoint, timeout=2) for s in servers[4:]], timeout=2)
     plain = aioredis.Redis(host="127.0.0.1", port=servers[3].port, max_connections=64)
     value = b'"' + b"x" * (value_bytes - 2) + b'"'
     seq = iter(range(1, 1 << 60))
@@ -74,6 +77,9 @@ async def run(servers: list[RedisServer], seconds: float, value_bytes: int) -> N
     scenarios: dict[str, Callable[[int], Awaitable[object]]] = {
         "quorum read": lambda k: store.read(f"k{k}"),
         "quorum write": lambda k: store.write(f"k{k}", Record(Version(1, next(seq)), False, value)),
+        "write always": lambda k: fsynced.write(
+            f"k{k}", Record(Version(1, next(seq)), False, value)
+        ),
         "plain GET": lambda k: plain.get(f"k{k}"),
         "plain SET": lambda k: plain.set(f"k{k}", value),
     }
@@ -84,7 +90,11 @@ async def run(servers: list[RedisServer], seconds: float, value_bytes: int) -> N
 
     print(f"3 replicas + 1 baseline redis-server, {value_bytes}-byte values, {seconds}s each")
     print(f"{'scenario':<14}{'conc':>5}{'ratio':>9}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
-    baseline = {"quorum read": "plain GET", "quorum write": "plain SET"}
+    baseline = {
+        "quorum read": "plain GET",
+        "quorum write": "plain SET",
+        "write always": "plain SET",
+    }
     for (name, concurrency), (rate, latencies) in results.items():
         base = baseline.get(name)
         ratio = f"{rate / results[base, concurrency][0]:.2f}x" if base else "1.00x"
@@ -93,7 +103,11 @@ async def run(servers: list[RedisServer], seconds: float, value_bytes: int) -> N
             f"{pct(latencies, 50):>9.3f}{pct(latencies, 99):>9.3f}"
         )
     print("ratio: quorum throughput / plain redis-py throughput at the same concurrency")
+    for concurrency in (1, 32):
+        always = results["write always", concurrency][0] / results["quorum write", concurrency][0]
+        print(f"appendfsync always / everysec, quorum write, conc {concurrency}: {always:.2f}x")
     await store.close()
+    await fsynced.close()
     await plain.aclose()
 
 
