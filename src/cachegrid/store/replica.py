@@ -124,10 +124,11 @@ class Replica:
         async def run() -> list[list[bytes | None]]:
             if len(keys) == 1:
                 return [await self._redis.hmget(redis_key(keys[0]), FIELDS)]
-            pipe = self._redis.pipeline(transaction=False)
-            for key in keys:
-                pipe.hmget(redis_key(key), FIELDS)
-            return await pipe.execute()
+            # As a context manager, so a pipeline cancelled by a timeout is still released.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hmget(redis_key(key), FIELDS)
+                return await pipe.execute()
 
         return [self._decode(fields) for fields in await self._call(run)]
 
@@ -138,10 +139,10 @@ class Replica:
             if len(items) == 1:
                 key, record = items[0]
                 return [await self._set_if_newer([redis_key(key)], encode_args(record))]
-            pipe = self._redis.pipeline(transaction=False)
-            for key, record in items:
-                await self._set_if_newer([redis_key(key)], encode_args(record), client=pipe)
-            return await pipe.execute()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, record in items:
+                    await self._set_if_newer([redis_key(key)], encode_args(record), client=pipe)
+                return await pipe.execute()
 
         replies = await self._call(run)
         try:

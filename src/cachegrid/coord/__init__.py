@@ -1,0 +1,1 @@
+"""Coordination through etcd: the client wrapper, leases, the watch stream, ownership."""

@@ -1,0 +1,193 @@
+"""The one module that talks to etcd.
+
+Owns: the aetcd clients (one per endpoint), fail-over between endpoints, per-call deadlines,
+and the translation of aetcd/gRPC errors into cachegrid errors (``EtcdUnavailable``,
+``EtcdCompacted``, ``EtcdError``). It knows keys, values, revisions and leases — nothing of
+members, rings or caches.
+
+Invariants:
+- Reads are linearizable (never serializable): a safety decision may rest on them.
+- Every call ends within ``timeout`` per endpoint tried; a call that fails for a reason of
+  connectivity is tried on the next endpoint, each endpoint at most once per call.
+- Only an error of connectivity moves to another endpoint; an answer from etcd (an invalid
+  argument, a compacted revision) is final.
+- No aetcd or grpc exception escapes this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aetcd
+from aetcd import exceptions as aexc
+
+from cachegrid.errors import CachegridError, Unavailable
+
+T = TypeVar("T")
+
+
+class EtcdUnavailable(Unavailable):
+    """No etcd endpoint answered in time."""
+
+    code = "etcd_unavailable"
+
+
+class EtcdCompacted(CachegridError):
+    """The requested revision was compacted away; re-snapshot from ``compacted_revision``."""
+
+    code = "etcd_compacted"
+    status = 503
+
+    def __init__(self, message: str, compacted_revision: int) -> None:
+        super().__init__(message)
+        self.compacted_revision = compacted_revision
+
+
+class EtcdError(CachegridError):
+    """etcd refused a request (a bug, or a misconfiguration): retrying will not help."""
+
+    code = "etcd_error"
+    status = 503
+
+
+# aetcd error -> ours. EtcdUnavailable means another endpoint may do better.
+_ERRORS: dict[type[Exception], type[CachegridError]] = {
+    aexc.ConnectionFailedError: EtcdUnavailable,
+    aexc.ConnectionTimeoutError: EtcdUnavailable,
+    aexc.InternalError: EtcdError,
+    aexc.InvalidArgumentError: EtcdError,
+    aexc.PreconditionFailedError: EtcdError,
+    aexc.UnauthenticatedError: EtcdError,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Keys read at one revision."""
+
+    revision: int
+    items: list[KeyValue]
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    id: int
+    ttl: int  # seconds, as granted
+
+
+class Etcd:
+    """A fail-over client over several etcd endpoints (host:port). One event loop."""
+
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 2.0) -> None:
+        if not endpoints:
+            raise ValueError("etcd needs at least one endpoint")
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self._clients = [_client(endpoint, timeout) for endpoint in self.endpoints]
+        self._current = 0  # index of the endpoint that answered last; tried first
+
+    def __repr__(self) -> str:
+        return f"<Etcd current={self.endpoints[self._current]} endpoints={len(self.endpoints)}>"
+
+    @property
+    def current_endpoint(self) -> str:
+        return self.endpoints[self._current]
+
+    async def get(self, key: bytes) -> tuple[int, KeyValue | None]:
+        """(revision, the key's value or None), read linearizably."""
+        snapshot = await self._range(key, key + b"\0")
+        return snapshot.revision, (snapshot.items[0] if snapshot.items else None)
+
+    async def get_prefix(self, prefix: bytes) -> Snapshot:
+        """Every key under ``prefix``, at one revision, read linearizably."""
+        return await self._range(prefix, _prefix_end(prefix))
+
+    async def put(self, key: bytes, value: bytes, lease: int | None = None) -> int:
+        """Write ``key``; the revision of the write."""
+        reply = await self._call(lambda c: c.put(key, value, lease=lease))
+        return int(reply.header.revision)
+
+    async def delete(self, key: bytes) -> int:
+        reply = await self._call(lambda c: c.delete(key))
+        return int(reply.header.revision) if reply is not None else 0
+
+    async def grant(self, ttl: int) -> Lease:
+        lease = await self._call(lambda c: c.lease(ttl))
+        return Lease(int(lease.id), int(lease.ttl))
+
+    async def keep_alive(self, lease_id: int) -> int:
+        """Refresh a lease once; its TTL now, 0 if it no longer exists."""
+        reply = await self._call(lambda c: c.refresh_lease(lease_id))
+        return max(int(reply.TTL), 0) if reply is not None else 0
+
+    async def revoke(self, lease_id: int) -> None:
+        await self._call(lambda c: c.revoke_lease(lease_id))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(client.close() for client in self._clients))
+
+    async def _range(self, start: bytes, end: bytes) -> Snapshot:
+        reply = await self._call(lambda c: c.get_range(start, end))
+        items = [
+            KeyValue(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+            for kv in reply
+        ]
+        return Snapshot(int(reply.header.revision), items)
+
+    async def _call(self, op: Callable[[aetcd.Client], Awaitable[T]]) -> T:
+        """Run ``op`` on the current endpoint, failing over to the others in turn."""
+        failures: list[str] = []
+        for step in range(len(self._clients)):
+            index = (self._current + step) % len(self._clients)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    result = await op(self._clients[index])
+            except (TimeoutError, *_ERRORS) as error:
+                translated = _translate(error)
+                if not isinstance(translated, EtcdUnavailable):
+                    raise translated from error
+                failures.append(f"{self.endpoints[index]}: {translated.message}")
+                continue
+            except aexc.RevisionCompactedError as error:
+                raise EtcdCompacted(str(error), int(error.compacted_revision)) from error
+            except aexc.ClientError as error:
+                raise EtcdError(f"etcd: {error}") from error
+            self._current = index
+            return result
+        raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(failures))
+
+
+def _translate(error: BaseException) -> CachegridError:
+    if isinstance(error, TimeoutError):
+        return EtcdUnavailable("timed out")
+    return _ERRORS[type(error)](str(error) or type(error).__name__)
+
+
+def _client(endpoint: str, timeout: float) -> aetcd.Client:
+    host, _, port = endpoint.rpartition(":")
+    options: dict[str, Any] = {
+        # Reconnect quickly after an etcd restart rather than after gRPC's default backoff.
+        "grpc.initial_reconnect_backoff_ms": 100,
+        "grpc.max_reconnect_backoff_ms": 1000,
+    }
+    return aetcd.Client(host=host, port=int(port), timeout=timeout, options=options)  # type: ignore[arg-type]
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The first key after every key that starts with ``prefix`` (etcd's range_end)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return b"\0"  # the whole keyspace
+    return stripped[:-1] + bytes([stripped[-1] + 1])
