@@ -1,4 +1,5 @@
-# make up   — install what is missing, then start a local cluster on 127.0.0.1 (Ctrl-C stops it).
+# make up   — install what is missing, then start a local cluster on 127.0.0.1 (Ctrl-C stops it):
+#             etcd and 3 Redis replicas; cache nodes join it once the node exists (issue #4).
 # make test — install what is missing, then lint and run the whole test suite.
 # Both are idempotent and quick when nothing changed.
 
@@ -10,7 +11,7 @@ SYSDEPS := /usr/bin/redis-server /usr/bin/etcd /usr/bin/etcdctl /usr/bin/wrk
 .PHONY: up test test-fast lint bench-store sysdeps venv clean
 
 up: sysdeps venv
-	$(VENV)/bin/cachegrid up --nodes 3 --replicas 3 --data-dir .cluster
+	$(VENV)/bin/cachegrid up --replicas 3 --data-dir .cluster
 
 test: sysdeps venv lint
 	$(PY) -m pytest -q -p no:cacheprovider
