@@ -17,7 +17,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -82,6 +83,17 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change under a watched prefix; ``revision`` is the revision that made it."""
+
+    kind: str  # "put" | "delete"
+    key: bytes
+    value: bytes
+    revision: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     id: int
     ttl: int  # seconds, as granted
@@ -134,6 +146,44 @@ class Etcd:
 
     async def revoke(self, lease_id: int) -> None:
         await self._call(lambda c: c.revoke_lease(lease_id))
+
+    async def compact(self, revision: int) -> None:
+        """Discard history before ``revision`` (watches from before it will fail)."""
+        await self._call(lambda c: c.compact(revision))
+
+    async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Every change under ``prefix`` from ``start_revision`` on, in revision order.
+
+        Ends by raising: ``EtcdCompacted`` if the start revision is gone, ``EtcdUnavailable``
+        when the stream breaks (the caller resumes from its last revision + 1; the next
+        attempt goes to another endpoint).
+        """
+        index = self._current
+        client = self._clients[index]
+        try:
+            async with asyncio.timeout(self.timeout):
+                watch = await client.watch_prefix(prefix, start_revision=start_revision)
+        except aexc.RevisionCompactedError as error:
+            raise EtcdCompacted(str(error), int(error.compacted_revision)) from error
+        except (TimeoutError, aexc.ClientError) as error:
+            self._current = (index + 1) % len(self._clients)
+            raise EtcdUnavailable(f"{self.endpoints[index]}: watch failed: {error!r}") from error
+        try:
+            async for event in watch:
+                kv = event.kv
+                kind = "put" if event.kind == "PUT" else "delete"
+                yield WatchEvent(kind, kv.key, kv.value, kv.mod_revision, kv.lease)
+        except aexc.RevisionCompactedError as error:
+            raise EtcdCompacted(str(error), int(error.compacted_revision)) from error
+        except Exception as error:
+            # aetcd delivers any failure of the shared stream (a gRPC error, a closed
+            # channel) to every watcher; for us each means: resume elsewhere.
+            self._current = (index + 1) % len(self._clients)
+            raise EtcdUnavailable(f"{self.endpoints[index]}: watch broke: {error!r}") from error
+        finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await watch.cancel()
 
     async def close(self) -> None:
         await asyncio.gather(*(client.close() for client in self._clients))

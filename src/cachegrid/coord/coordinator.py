@@ -1,0 +1,373 @@
+"""A node's part in the cluster: registration, the watch stream, handoff and activation.
+
+Owns: the node's member record and ack in etcd, the one watch of ``<prefix>/``, the
+membership view built from it, re-snapshots (compaction, a stalled watch), re-registration
+after a lost lease, and the activation of rings. It answers the node's one question,
+``can_serve(key)``, without I/O.
+
+Keys under ``<prefix>/`` (each attached to the node's lease, so a dead node's vanish together):
+    members/<node-id>  {"addr", "weight", "incarnation"}   the node's right to be in the ring
+    acks/<node-id>     "<revision>"   "I applied every change up to <revision> and released
+                                       all I do not own under the ring it gave"; written on
+                                       each membership change and every ``probe_interval``
+                                       (its own events then prove the watch still flows)
+
+Invariants:
+- The ring's epoch is an etcd revision >= every put that built its member set: the change's
+  revision from the watch, or from a snapshot the newest member record's mod_revision (or
+  the snapshot's revision, when a re-snapshot found members gone). A peer that applied
+  every change up to that epoch knows every member of the set, and may know extra members
+  deleted since, which only takes keys from it: so what it claims, this ring does not give
+  us. Each revision changes at most one member key: a registration is one put, and a lease
+  revocation or expiry deletes the keys of one lease, which holds one member key.
+- Handoff order on every membership change: apply the ring (keys that moved away stop being
+  active at once), let the node release them (``on_release``: drain writes, drop entries),
+  then ack the revision. Acks never wait for activation, so handoffs cannot deadlock.
+- A ring is activated only after a linearizable read shows every *other* member present in
+  etcd with an ack >= the ring's epoch; a member whose key is gone has no live lease, and
+  its local deadline (session.py) has passed. Never on the watch alone.
+- ``can_serve`` is true only before the session's local deadline and for a key active in
+  ``Ownership``. After a lost lease nothing is served until re-registered and re-activated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import orjson
+
+from cachegrid.coord.etcd import Etcd, EtcdCompacted, EtcdUnavailable, KeyValue, WatchEvent
+from cachegrid.coord.ownership import Ownership
+from cachegrid.coord.session import Session
+from cachegrid.ring import DEFAULT_VNODES, Member, Ring
+
+log = logging.getLogger(__name__)
+
+# Called after a ring is applied or the lease is lost, before the ack: the node must stop
+# and drop everything that is no longer active (``drop_all``: its whole cache).
+ReleaseFn = Callable[[bool], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class CoordSettings:
+    node_id: str
+    addr: str  # host:port that other nodes and clients use to reach this node
+    weight: int = 1
+    prefix: str = "/cachegrid"
+    lease_ttl: int = 5
+    lease_margin: float = 0.5
+    vnodes: int = DEFAULT_VNODES
+    # While a ring awaits activation, acks are re-checked on every ack event and at
+    # least this often (seconds).
+    activation_poll: float = 0.25
+    # The node writes its probe key this often; if the watch has not delivered a probe's
+    # revision ``stall_after`` seconds later, the watch is deemed stalled: re-snapshot.
+    probe_interval: float = 1.0
+    stall_after: float = 3.0
+
+
+class Coordinator:
+    """One node's coordination. Start with ``start``, stop with ``stop``. One event loop."""
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        settings: CoordSettings,
+        *,
+        on_release: ReleaseFn | None = None,
+        on_change: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.ownership = Ownership(settings.node_id)
+        self.applied_revision = 0  # the last event handled, release included
+        self.incarnation = ""
+        self.session: Session | None = None
+        self._etcd = etcd
+        self._on_release = on_release
+        self._on_change = on_change or (lambda: None)
+        self._clock = clock
+        prefix = settings.prefix.encode()
+        self._root = prefix + b"/"
+        self._members_prefix = prefix + b"/members/"
+        self._acks_prefix = prefix + b"/acks/"
+        self._ack_key = self._acks_prefix + settings.node_id.encode()
+        self._members: dict[str, Member] = {}  # the view, as of applied_revision
+        self._changed = asyncio.Condition()  # notified on every applied event or activation
+        self._probes: list[tuple[int, float]] = []  # (ack revision, when written), unseen
+        self.failed: BaseException | None = None  # a background loop died: serve nothing
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        slack = f"{self.session.slack():.2f}s" if self.session else "-"
+        return (
+            f"<Coordinator {self.settings.node_id} applied={self.applied_revision} "
+            f"{self.ownership!r} slack={slack}>"
+        )
+
+    # -- what the node asks ------------------------------------------------------------
+
+    def can_serve(self, key: str) -> bool:
+        """True if this node is the active owner of ``key`` right now. No I/O."""
+        session = self.session
+        return (
+            session is not None
+            and session.alive()
+            and self.failed is None
+            and self.ownership.is_active_owner(key)
+        )
+
+    @property
+    def ring(self) -> Ring | None:
+        return self.ownership.current
+
+    async def wait_active(self, key: str, hold: float) -> bool:
+        """Hold a request for a key this node owns but has not yet activated, up to
+        ``hold`` seconds; True once it can be served."""
+        if self.can_serve(key):
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(hold), self._changed:
+                await self._changed.wait_for(
+                    lambda: self.can_serve(key) or not self.ownership.is_owner(key)
+                )
+        return self.can_serve(key)
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register, load the membership snapshot, and start the background loops."""
+        await self._register()
+        await self._snapshot()
+        self._tasks = [
+            self._supervised(self._watch_loop, "coord-watch"),
+            self._supervised(self._activation_loop, "coord-activate"),
+            self._supervised(self._lease_loop, "coord-lease"),
+            self._supervised(self._probe_loop, "coord-probe"),
+        ]
+
+    async def stop(self) -> None:
+        """Leave the cluster: stop serving, revoke the lease (its keys go with it)."""
+        self._stopping = True
+        self.ownership.reset()
+        self._on_change()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close(revoke=True)
+
+    # -- registration and lease -------------------------------------------------------
+
+    async def _register(self) -> None:
+        session = Session(
+            self._etcd, self.settings.lease_ttl, margin=self.settings.lease_margin,
+            clock=self._clock,
+        )  # fmt: skip
+        await session.start()
+        self.incarnation = uuid.uuid4().hex[:12]
+        record = {
+            "addr": self.settings.addr,
+            "weight": self.settings.weight,
+            "incarnation": self.incarnation,
+        }
+        key = self._members_prefix + self.settings.node_id.encode()
+        await self._etcd.put(key, orjson.dumps(record), lease=session.lease_id)
+        self.session = session
+
+    async def _lease_loop(self) -> None:
+        """When the lease is lost: serve nothing, drop everything, register anew."""
+        while not self._stopping:
+            session = self.session
+            assert session is not None
+            await session.lost.wait()
+            self.ownership.reset()
+            self._on_change()
+            await self._release(drop_all=True)
+            await session.close(revoke=True)
+            await self._retry(self._register)
+            self._on_change()
+
+    # -- the watch stream ---------------------------------------------------------------
+
+    async def _snapshot(self) -> None:
+        """Rebuild the view from a linearizable read of the whole prefix."""
+        snapshot = await self._etcd.get_prefix(self._root)
+        before = dict(self._members)
+        self._members = {}
+        newest_put = 0
+        for item in snapshot.items:
+            if item.key.startswith(self._members_prefix):
+                self._put_member(item)
+                newest_put = max(newest_put, item.mod_revision)
+        current = self.ownership.current
+        if current is None or newest_put > current.epoch:
+            await self._apply_ring(newest_put)
+        elif self._members != before:
+            # Members vanished while we were not watching: no put dates the new set.
+            await self._apply_ring(snapshot.revision)
+        # Set last: an ack of applied_revision must not run ahead of the release above.
+        self.applied_revision = snapshot.revision
+        await self._ack()
+
+    async def _watch_loop(self) -> None:
+        while not self._stopping:
+            try:
+                resume = self.applied_revision + 1
+                async for event in self._etcd.watch_prefix(self._root, resume):
+                    await self._apply_event(event)
+            except EtcdCompacted as error:
+                log.warning("watch compacted (%s): re-snapshot", error.message)
+                await self._resync()
+            except EtcdUnavailable as error:
+                log.warning("watch broke: %s; resuming at %d", error.message,
+                            self.applied_revision + 1)  # fmt: skip
+                await asyncio.sleep(0.2)
+
+    async def _resync(self) -> None:
+        """Events may have been missed: drop the whole cache and start from a snapshot."""
+        await self._release(drop_all=True)
+        await self._retry(self._snapshot)
+
+    async def _apply_event(self, event: WatchEvent) -> None:
+        if event.key.startswith(self._members_prefix):
+            if event.kind == "put":
+                self._put_member(KeyValue(event.key, event.value, 0, event.revision, event.lease))
+            else:
+                self._members.pop(event.key[len(self._members_prefix) :].decode(), None)
+            await self._apply_ring(event.revision)
+        # Only now, with the ring applied and released, does the event count as applied.
+        self.applied_revision = event.revision
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _put_member(self, item: KeyValue) -> None:
+        node_id = item.key[len(self._members_prefix) :].decode()
+        try:
+            record = orjson.loads(item.value)
+            member = Member(node_id, str(record["addr"]), int(record["weight"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.error("ignoring malformed member record %r", item.value[:200])
+            return
+        self._members[node_id] = member
+
+    async def _apply_ring(self, epoch: int) -> None:
+        """Handoff, releasing side: apply the new ring, release, then ack ``epoch``."""
+        ring = Ring(list(self._members.values()), epoch=epoch, vnodes=self.settings.vnodes)
+        self.ownership.apply(ring)
+        self._on_change()
+        await self._release(drop_all=False)
+        await self._ack(epoch)
+
+    async def _release(self, *, drop_all: bool) -> None:
+        if self._on_release is not None:
+            await self._on_release(drop_all)
+
+    async def _ack(self, revision: int | None = None) -> int | None:
+        """Tell the others we applied and released everything up to ``revision`` (default:
+        ``applied_revision``); the revision of the ack's own write, or None if not written."""
+        session = self.session
+        if session is None or not session.alive():
+            return None  # no live lease: nobody waits for our ack
+        value = str(self.applied_revision if revision is None else revision).encode()
+        try:
+            return await self._etcd.put(self._ack_key, value, lease=session.lease_id)
+        except EtcdUnavailable:
+            return None
+
+    # -- activation -----------------------------------------------------------------------
+
+    async def _activation_loop(self) -> None:
+        while not self._stopping:
+            epoch = self.ownership.needs_activation()
+            if epoch is None or not (self.session and self.session.alive()):
+                await self._wait_change(self.settings.activation_poll)
+                continue
+            try:
+                ready = await self._all_acked(epoch)
+            except EtcdUnavailable:
+                ready = False
+            if ready and self.ownership.activate(epoch):
+                self._on_change()
+                async with self._changed:
+                    self._changed.notify_all()
+            else:
+                await self._wait_change(self.settings.activation_poll)
+
+    async def _all_acked(self, epoch: int) -> bool:
+        """A linearizable read: has every other live member acked a revision >= epoch?"""
+        snapshot = await self._etcd.get_prefix(self._root)
+        members: set[str] = set()
+        acks: dict[str, int] = {}
+        for item in snapshot.items:
+            if item.key.startswith(self._members_prefix):
+                members.add(item.key[len(self._members_prefix) :].decode())
+            elif item.key.startswith(self._acks_prefix):
+                with contextlib.suppress(ValueError):
+                    acks[item.key[len(self._acks_prefix) :].decode()] = int(item.value)
+        if self.settings.node_id not in members:
+            return False  # our own registration is gone: the lease loop takes over
+        return all(acks.get(m, 0) >= epoch for m in members if m != self.settings.node_id)
+
+    async def _wait_change(self, at_most: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(at_most), self._changed:
+                await self._changed.wait()
+
+    # -- stall detection ----------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        """Re-ack regularly (peers that joined from a snapshot may wait on it); if the watch
+        does not deliver our own ack's event in time, it has stalled: re-snapshot."""
+        while not self._stopping:
+            await asyncio.sleep(self.settings.probe_interval)
+            written = await self._ack()
+            if written is not None:
+                self._probes.append((written, self._clock()))
+            self._probes = [p for p in self._probes if p[0] > self.applied_revision]
+            if self._probes and self._clock() - self._probes[0][1] > self.settings.stall_after:
+                log.warning("watch stalled at %d: re-snapshot", self.applied_revision)
+                self._probes = []
+                await self._restart_watch()
+
+    async def _restart_watch(self) -> None:
+        watch = self._tasks[0]
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        await self._resync()
+        self._tasks[0] = self._supervised(self._watch_loop, "coord-watch")
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _supervised(self, loop: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[None]:
+        """Run a background loop; if it dies of a bug, stop serving rather than serve on a
+        view that no longer updates."""
+
+        async def run() -> None:
+            try:
+                await loop()
+            except Exception as error:
+                log.exception("%s failed: nothing will be served", name)
+                self.failed = error
+                self._on_change()
+
+        return asyncio.create_task(run(), name=name)
+
+    async def _retry(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` until it gets through to etcd (or we are stopping)."""
+        delay = 0.1
+        while not self._stopping:
+            try:
+                await step()
+                return
+            except EtcdUnavailable as error:
+                log.warning("etcd unavailable: %s", error.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
