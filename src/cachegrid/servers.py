@@ -5,8 +5,10 @@ process, and how to pick free loopback ports for them.
 
 Invariants:
 - Every process listens on 127.0.0.1 only, in its own data directory, logging to a file.
-- A started process dies with the process that started it (PR_SET_PDEATHSIG), so an
-  interrupted test run or a killed ``cachegrid up`` leaves nothing running.
+- A started process dies with the process that started it (PR_SET_PDEATHSIG, set by
+  util-linux's ``setpriv`` so that no Python runs between fork and exec: with gRPC threads
+  alive in the parent, that can crash the child), so an interrupted test run or a killed
+  ``cachegrid up`` leaves nothing running.
 - ``stop`` is idempotent and always reaps the child: SIGTERM, then SIGKILL after a grace.
 - Ports are below the kernel's ephemeral range (32768+), where client sockets cannot
   take them, and no allocator hands out the same port twice.
@@ -14,7 +16,6 @@ Invariants:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import random
 import shutil
@@ -25,13 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: have the kernel kill it if we die."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+# Prefix of every command: the kernel kills the server if the process that started it dies.
+_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
 
 
 class PortAllocator:
@@ -102,11 +98,10 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._popen = subprocess.Popen(
-                self.argv(),
+                [*_DIE_WITH_PARENT, *self.argv()],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
             )
 
     def wait_ready(self, timeout: float) -> None:

@@ -1,0 +1,59 @@
+"""The lease session against real etcd: the deadline, and losing the lease."""
+
+import asyncio
+import time
+
+import pytest
+
+from cachegrid.coord.etcd import Etcd
+from cachegrid.coord.session import Session
+
+
+async def test_the_deadline_trails_the_send_time_by_ttl_minus_margin(etcd_servers) -> None:
+    (member,) = etcd_servers(1)
+    etcd = Etcd([member.endpoint])
+    session = Session(etcd, 3, margin=0.5)
+    before = time.monotonic()
+    await session.start()
+    assert session.alive()
+    assert before + 3 - 0.5 <= session.deadline <= time.monotonic() + 3 - 0.5
+    await asyncio.sleep(2.5)  # past a first deadline: keep-alives must have extended it
+    assert session.alive()
+    assert session.slack() > 1.0
+    await session.close()
+    assert not session.alive()
+    await etcd.close()
+
+
+async def test_the_session_is_lost_when_etcd_is_gone_past_the_deadline(etcd_servers) -> None:
+    (member,) = etcd_servers(1)
+    etcd = Etcd([member.endpoint], timeout=0.5)
+    session = Session(etcd, 2, margin=0.3)
+    await session.start()
+    member.kill()
+    killed = time.monotonic()
+    await asyncio.wait_for(session.lost.wait(), timeout=5)
+    # Lost no later than its deadline allowed (plus a tick), and never serving after.
+    assert time.monotonic() - killed < 2 + 0.5
+    assert not session.alive()
+    await session.close()
+    await etcd.close()
+
+
+async def test_a_lease_that_expired_while_paused_is_lost_not_revived(etcd_servers) -> None:
+    """Keep-alives stop (as in a paused process); when they resume, the lease is gone."""
+    (member,) = etcd_servers(1)
+    etcd = Etcd([member.endpoint])
+    session = Session(etcd, 1 + 1, margin=0.3)
+    await session.start()
+    session._loop.cancel()  # the process "pauses": no keep-alives
+    await asyncio.sleep(3.5)
+    assert not session.alive()  # the local deadline alone already forbids serving
+    assert await etcd.keep_alive(session.lease_id) == 0  # and etcd expired the lease
+    await session.close()
+    await etcd.close()
+
+
+def test_the_margin_must_leave_room_for_keep_alives() -> None:
+    with pytest.raises(ValueError, match="margin"):
+        Session(None, 3, margin=1.0)  # type: ignore[arg-type]
