@@ -4,6 +4,7 @@ Each agent logs when it would serve which sample keys (tests/agents/coord_agent.
 tests/s1.py finds any moment at which two agents would both serve one key.
 """
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -84,6 +85,32 @@ def test_s1_holds_under_random_crashes_pauses_and_restarts(agents: Agents) -> No
             agents.start(node)
     agents.wait_until(agents.covered, 40, "every key served after the faults")
     assert agents.violations() == [], actions
+
+
+@pytest.mark.slow
+def test_joins_in_quick_succession_and_during_a_handoff_keep_s1(agents: Agents) -> None:
+    for node in ("n0", "n1", "n2"):  # several joins at once
+        agents.start(node)
+    time.sleep(0.3)
+    agents.start("n3")  # a join while the first hand-offs are under way
+    agents.kill("n1")  # and a crash in the middle of it
+    agents.start("n4")
+    agents.wait_until(agents.covered, 30, "every key served after the churn")
+    assert agents.violations() == []
+
+
+@pytest.mark.slow
+def test_losing_one_member_of_a_three_member_etcd_keeps_s1(tmp_path, etcd_servers) -> None:
+    members = etcd_servers(3)
+    agents = Agents(tmp_path, [m.endpoint for m in members], ttl=TTL)
+    try:
+        start_all(agents, ["n0", "n1", "n2"])
+        members[0].kill()
+        time.sleep(TTL + 1)  # long enough for any lease that could lapse to lapse
+        agents.wait_until(agents.covered, 30, "every key served with 2 of 3 etcd members")
+        assert agents.violations() == []
+    finally:
+        agents.close()
 
 
 @pytest.mark.slow

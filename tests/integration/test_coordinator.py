@@ -125,6 +125,11 @@ async def test_a_graceful_stop_hands_off_without_waiting_for_the_lease(etcd_serv
     assert not any(b.can_serve(k) for k in KEYS)
     took = await wait_for(lambda: serving(a), 10, "a serving every key")
     assert took < a.settings.lease_ttl  # the lease was revoked, not left to expire
+    status = a.status()
+    assert status["members"] == ["n1"]
+    assert status["pending_epochs"] == []
+    assert status["activated_epoch"] == status["ring_epoch"] <= status["applied_revision"]
+    assert 0 < status["lease_slack_seconds"] <= a.settings.lease_ttl
     await a.stop()
 
 

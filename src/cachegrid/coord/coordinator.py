@@ -128,6 +128,23 @@ class Coordinator:
     def ring(self) -> Ring | None:
         return self.ownership.current
 
+    def status(self) -> dict[str, object]:
+        """What status pages and metrics show of this node's coordination."""
+        session = self.session
+        ring = self.ring
+        return {
+            "node_id": self.settings.node_id,
+            "incarnation": self.incarnation,
+            "lease_id": f"{session.lease_id:x}" if session else None,
+            "lease_slack_seconds": round(session.slack(), 3) if session else None,
+            "applied_revision": self.applied_revision,
+            "ring_epoch": ring.epoch if ring else None,
+            "activated_epoch": self.ownership.activated_epoch,
+            "pending_epochs": self.ownership.pending_epochs,
+            "members": sorted(ring.members) if ring else [],
+            "failed": repr(self.failed) if self.failed else None,
+        }
+
     async def wait_active(self, key: str, hold: float) -> bool:
         """Hold a request for a key this node owns but has not yet activated, up to
         ``hold`` seconds; True once it can be served."""
