@@ -11,7 +11,7 @@ SYSDEPS := /usr/bin/redis-server /usr/bin/etcd /usr/bin/etcdctl /usr/bin/wrk
 .PHONY: up test test-fast lint bench-store sysdeps venv clean
 
 up: sysdeps venv
-	$(VENV)/bin/cachegrid up --replicas 3 --data-dir .cluster
+	$(VENV)/bin/cachegrid up --nodes 3 --replicas 3 --data-dir .cluster
 
 test: sysdeps venv lint
 	$(PY) -m pytest -q -p no:cacheprovider

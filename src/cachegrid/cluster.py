@@ -22,9 +22,16 @@ from typing import Any
 
 import orjson
 
-from cachegrid.servers import EtcdServer, RedisServer, ServerProcess, bindable, start_all
+from cachegrid.servers import (
+    EtcdServer,
+    NodeProcess,
+    RedisServer,
+    ServerProcess,
+    bindable,
+    start_all,
+)
 
-ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET, REDIS_OFFSET = 0, 1, 10
+ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET, REDIS_OFFSET, NODE_OFFSET = 0, 1, 10, 20
 
 
 @dataclass
@@ -32,11 +39,12 @@ class LocalCluster:
     data_dir: Path
     etcd: list[EtcdServer]
     redis: list[RedisServer]
+    nodes: list[NodeProcess]
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     @classmethod
     def plan(
-        cls, data_dir: Path, *, replicas: int, base_port: int, appendfsync: str
+        cls, data_dir: Path, *, nodes: int, replicas: int, base_port: int, appendfsync: str
     ) -> LocalCluster:
         """The cluster's processes on ports from ``base_port`` up; ValueError if one is taken."""
         data_dir = data_dir.resolve()
@@ -50,15 +58,21 @@ class LocalCluster:
             RedisServer(data_dir / f"redis{i}", base_port + REDIS_OFFSET + i, appendfsync)
             for i in range(replicas)
         ]
-        taken = [p for p in [etcd.client_port, etcd.peer_port, *(r.port for r in redis)]
-                 if not bindable(p)]  # fmt: skip
+        config = data_dir / "cachegrid.toml"
+        node_processes = [
+            NodeProcess(data_dir / f"node{i}", f"node{i}", base_port + NODE_OFFSET + i, config)
+            for i in range(nodes)
+        ]
+        ports = [etcd.client_port, etcd.peer_port, *(r.port for r in redis),
+                 *(n.port for n in node_processes)]  # fmt: skip
+        taken = [p for p in ports if not bindable(p)]
         if taken:
             raise ValueError(f"ports already in use: {taken}; choose another --base-port")
-        return cls(data_dir, [etcd], redis)
+        return cls(data_dir, [etcd], redis, node_processes)
 
     @property
     def processes(self) -> list[ServerProcess]:
-        return [*self.etcd, *self.redis]
+        return [*self.etcd, *self.redis, *self.nodes]
 
     @property
     def manifest_path(self) -> Path:
@@ -67,8 +81,13 @@ class LocalCluster:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.manifest_path.unlink(missing_ok=True)
-        start_all(self.processes)
         (self.data_dir / "cachegrid.toml").write_text(self.config_toml())
+        start_all([*self.etcd, *self.redis])
+        try:
+            start_all(list(self.nodes), timeout=60)
+        except BaseException:
+            self.stop()
+            raise
         self.manifest_path.write_bytes(orjson.dumps(self.manifest(), option=orjson.OPT_INDENT_2))
 
     def stop(self) -> None:
@@ -79,7 +98,7 @@ class LocalCluster:
     def manifest(self) -> dict[str, Any]:
         """The contents of cluster.json (DESIGN.md §8)."""
         return {
-            "nodes": [],
+            "nodes": [{"id": n.node_id, "url": n.url, "pid": n.pid} for n in self.nodes],
             "redis": [{"addr": r.endpoint, "pid": r.pid} for r in self.redis],
             "etcd": [{"url": e.url, "pid": e.pid} for e in self.etcd],
             "admin_token": self.admin_token,
@@ -93,12 +112,14 @@ class LocalCluster:
         return (
             f"# Written by `cachegrid up` for the cluster in {self.data_dir}.\n"
             f"[etcd]\nendpoints = [{etcd}]\n\n"
-            f'[store]\nreplicas = [{redis}]\nappendfsync = "{appendfsync}"\n'
+            f'[store]\nreplicas = [{redis}]\nappendfsync = "{appendfsync}"\n\n'
+            f'[node]\nadmin_token = "{self.admin_token}"\n'
         )
 
     def table(self) -> str:
         rows = [("etcd", e.url, e.pid) for e in self.etcd]
         rows += [(f"redis{i}", r.endpoint, r.pid) for i, r in enumerate(self.redis)]
+        rows += [(n.node_id, n.url, n.pid) for n in self.nodes]
         lines = [f"{'process':<10} {'address':<28} pid"]
         lines += [f"{name:<10} {addr:<28} {pid}" for name, addr, pid in rows]
         return "\n".join(lines)

@@ -75,12 +75,61 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class NodeConfig:
+    # Unique, stable name of this node; it places the node on the ring. Default: node-<port>.
+    id: str = ""
+    # Where the HTTP API listens (host:port).
+    listen: str = "127.0.0.1:8000"
+    # The host:port other nodes and clients use to reach this node. Default: listen.
+    advertise: str = ""
+    # Share of the keyspace relative to other nodes (0 owns nothing: drained).
+    weight: int = 1
+    # The node's etcd lease, in seconds, and the safety margin of its local deadline.
+    lease_ttl: int = 5
+    lease_margin: float = 0.5
+    # Seconds a request for a key whose range is being handed to this node waits, then 503.
+    handoff_hold: float = 2.0
+    # Deadline of a request forwarded to the key's owner, in seconds.
+    forward_timeout: float = 2.0
+    # Bounds of the in-memory cache.
+    cache_max_entries: int = 1_000_000
+    cache_max_bytes: int = 256 * 1024 * 1024
+    # Keys in one POST /v1/kv:batchGet at most.
+    max_batch_keys: int = 1000
+    # Bearer token of the /admin API (empty: the admin API is disabled).
+    admin_token: str = ""
+
+    @property
+    def node_id(self) -> str:
+        return self.id or f"node-{self.listen.rpartition(':')[2]}"
+
+    @property
+    def advertised(self) -> str:
+        return self.advertise or self.listen
+
+    def problems(self) -> list[str]:
+        found = [f"node.{n}: {v!r} is not host:port"
+                 for n, v in (("listen", self.listen), ("advertise", self.advertise))
+                 if v and not _addr(v)]  # fmt: skip
+        found += _positive("node", self, "lease_ttl", "handoff_hold", "forward_timeout")
+        found += _positive("node", self, "cache_max_entries", "cache_max_bytes", "max_batch_keys")
+        if self.weight < 0:
+            found.append("node.weight: must be >= 0")
+        if not 0 <= self.lease_margin < self.lease_ttl / 3:
+            found.append("node.lease_margin: must be >= 0 and under a third of node.lease_ttl")
+        if any(c in self.id for c in "/ \t\n"):
+            found.append("node.id: must not contain '/' or white space")
+        return found
+
+
+@dataclass(frozen=True)
 class Config:
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
 
 
-_SECTIONS: dict[str, type[Any]] = {"etcd": EtcdConfig, "store": StoreConfig}
+_SECTIONS: dict[str, type[Any]] = {"etcd": EtcdConfig, "store": StoreConfig, "node": NodeConfig}
 
 
 def load(
@@ -101,7 +150,7 @@ def load(
         section, _, name = dotted.partition(".")
         layers.setdefault(section, {})[name] = value
     config = _build(layers, problems)
-    problems += config.etcd.problems() + config.store.problems()
+    problems += config.etcd.problems() + config.store.problems() + config.node.problems()
     if problems:
         raise ConfigError(problems)
     return config

@@ -35,6 +35,16 @@ class NotFound(CachegridError):
     status = 404
 
 
+class MethodNotAllowed(CachegridError):
+    code = "method_not_allowed"
+    status = 405
+
+
+class UnsupportedMediaType(CachegridError):
+    code = "unsupported_media_type"
+    status = 415
+
+
 class VersionMismatch(CachegridError):
     """A conditional write's precondition (If-Match / If-None-Match) does not hold."""
 

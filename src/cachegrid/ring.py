@@ -81,6 +81,9 @@ class Ring:
             index = 0  # past the last point: wrap around to the first
         return self._owners[index]
 
+    def owner_member(self, key: str) -> Member:
+        return self.members[self.owner(key)]
+
     def describe(self) -> dict[str, object]:
         """The JSON shape of ``GET /v1/ring``."""
         return {

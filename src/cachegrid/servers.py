@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -273,3 +274,34 @@ def start_all(servers: list[ServerProcess], timeout: float = 20.0) -> None:
         for server in servers:
             server.stop()
         raise
+
+
+class NodeProcess(ServerProcess):
+    """A cachegrid node (``cachegrid node``), ready once its /readyz answers 200."""
+
+    name = "cachegrid-node"
+
+    def __init__(self, data_dir: Path, node_id: str, port: int, config: Path) -> None:
+        super().__init__(data_dir)
+        self.node_id = node_id
+        self.port = port
+        self.config = config
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "cachegrid", "node", "--config", str(self.config),
+                "--id", self.node_id, "--listen", self.endpoint]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=0.5) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False

@@ -22,7 +22,7 @@ def test_nothing_is_active_before_the_first_activation() -> None:
     assert active(me) == set()
     assert me.is_owner("k1")
     assert me.needs_activation() == 5
-    assert me.activate(5)
+    assert me.activate(5, 100)
     assert active(me) == set(KEYS)
     assert me.needs_activation() is None
 
@@ -30,7 +30,7 @@ def test_nothing_is_active_before_the_first_activation() -> None:
 def test_keys_moved_away_stop_at_once_and_kept_keys_stay_active() -> None:
     me = Ownership("a")
     me.apply(ring(1, "a", "b"))
-    me.activate(1)
+    me.activate(1, 100)
     mine_before = active(me)
     me.apply(ring(2, "a", "b", "c"))
     still_mine = {k for k in KEYS if ring(2, "a", "b", "c").owner(k) == "a"}
@@ -43,7 +43,7 @@ def test_a_key_given_back_two_epochs_later_waits_for_activation() -> None:
     activation of E3, c may have served them, so a must not resume on applying E3."""
     me = Ownership("a")
     me.apply(ring(1, "a", "b"))
-    me.activate(1)
+    me.activate(1, 100)
     me.apply(ring(2, "a", "b", "c"))
     me.apply(ring(3, "a", "b"))
     bounced = {k for k in KEYS if ring(2, "a", "b", "c").owner(k) == "c"} & {
@@ -51,8 +51,8 @@ def test_a_key_given_back_two_epochs_later_waits_for_activation() -> None:
     }
     assert bounced
     assert not (active(me) & bounced)
-    assert not me.activate(2)  # only the newest ring can be activated
-    assert me.activate(3)
+    assert not me.activate(2, 100)  # only the newest ring can be activated
+    assert me.activate(3, 100)
     assert bounced <= active(me)
 
 
@@ -66,18 +66,26 @@ def test_epochs_must_increase() -> None:
 def test_too_many_pending_rings_deactivate_everything_until_the_next_activation() -> None:
     me = Ownership("a")
     me.apply(ring(1, "a"))
-    me.activate(1)
+    me.activate(1, 100)
     for epoch in range(2, MAX_PENDING + 3):
         me.apply(ring(epoch, "a"))
     assert active(me) == set()
-    assert me.activate(MAX_PENDING + 2)
+    assert me.activate(MAX_PENDING + 2, 100)
     assert active(me) == set(KEYS)
+
+
+def test_the_write_epoch_is_the_confirming_read_revision() -> None:
+    me = Ownership("a")
+    me.apply(ring(3, "a"))
+    assert me.write_epoch == 0
+    me.activate(3, 57)
+    assert me.write_epoch == 57
 
 
 def test_reset_forgets_everything() -> None:
     me = Ownership("a")
     me.apply(ring(1, "a"))
-    me.activate(1)
+    me.activate(1, 100)
     me.reset()
     assert active(me) == set()
     assert me.current is None

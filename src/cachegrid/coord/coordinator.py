@@ -128,6 +128,11 @@ class Coordinator:
     def ring(self) -> Ring | None:
         return self.ownership.current
 
+    @property
+    def write_epoch(self) -> int:
+        """The epoch of versions written now (the revision that confirmed activation)."""
+        return self.ownership.write_epoch
+
     def status(self) -> dict[str, object]:
         """What status pages and metrics show of this node's coordination."""
         session = self.session
@@ -308,18 +313,19 @@ class Coordinator:
                 await self._wait_change(self.settings.activation_poll)
                 continue
             try:
-                ready = await self._all_acked(epoch)
+                confirmed_at = await self._all_acked(epoch)
             except EtcdUnavailable:
-                ready = False
-            if ready and self.ownership.activate(epoch):
+                confirmed_at = None
+            if confirmed_at is not None and self.ownership.activate(epoch, confirmed_at):
                 self._on_change()
                 async with self._changed:
                     self._changed.notify_all()
             else:
                 await self._wait_change(self.settings.activation_poll)
 
-    async def _all_acked(self, epoch: int) -> bool:
-        """A linearizable read: has every other live member acked a revision >= epoch?"""
+    async def _all_acked(self, epoch: int) -> int | None:
+        """A linearizable read: has every other live member acked a revision >= epoch?
+        The read's revision if so, else None."""
         snapshot = await self._etcd.get_prefix(self._root)
         members: set[str] = set()
         acks: dict[str, int] = {}
@@ -330,8 +336,9 @@ class Coordinator:
                 with contextlib.suppress(ValueError):
                     acks[item.key[len(self._acks_prefix) :].decode()] = int(item.value)
         if self.settings.node_id not in members:
-            return False  # our own registration is gone: the lease loop takes over
-        return all(acks.get(m, 0) >= epoch for m in members if m != self.settings.node_id)
+            return None  # our own registration is gone: the lease loop takes over
+        others = (m for m in members if m != self.settings.node_id)
+        return snapshot.revision if all(acks.get(m, 0) >= epoch for m in others) else None
 
     async def _wait_change(self, at_most: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -11,6 +11,9 @@ Invariants (S1, at most one active owner per key, given every node keeps these):
   caller does only after a linearizable read showed every other live member acked an
   applied revision >= that epoch (see coordinator.py).
 - ``reset`` (the lease was lost) makes nothing active and forgets every ring.
+- ``write_epoch`` is the etcd revision of the read that confirmed the last activation. A
+  later owner of any key activates only after reading our later ack, so its write epoch is
+  strictly greater: versions of one key rise across owners without any clock.
 Pure and synchronous: no I/O, no clock.
 """
 
@@ -29,6 +32,7 @@ class Ownership:
         # The last ring activated, then every ring applied after it, oldest first.
         self._activated: Ring | None = None
         self._pending: list[Ring] = []
+        self.write_epoch = 0  # revision of the read that confirmed the last activation
 
     def __repr__(self) -> str:
         activated = self._activated.epoch if self._activated else None
@@ -63,12 +67,16 @@ class Ownership:
             self._pending = []
         self._pending.append(ring)
 
-    def activate(self, epoch: int) -> bool:
-        """Activate the newest ring if its epoch is ``epoch``; False if a newer one came."""
+    def activate(self, epoch: int, confirmed_at: int) -> bool:
+        """Activate the newest ring if its epoch is ``epoch``; False if a newer one came.
+
+        ``confirmed_at`` is the revision of the linearizable read that found every ack.
+        """
         if not self._pending or self._pending[-1].epoch != epoch:
             return False
         self._activated = self._pending[-1]
         self._pending = []
+        self.write_epoch = confirmed_at
         return True
 
     def is_active_owner(self, key: str) -> bool:
@@ -85,3 +93,4 @@ class Ownership:
     def reset(self) -> None:
         self._activated = None
         self._pending = []
+        self.write_epoch = 0

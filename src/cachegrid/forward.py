@@ -1,0 +1,88 @@
+"""Forwarding a request to the key's owner over pooled keep-alive connections.
+
+Owns: the aiohttp client session to the other nodes, the hop limit, and the translation of
+transport failures into cachegrid errors. Knows nothing of caches or ownership.
+
+Invariants:
+- A request is forwarded at most ``MAX_HOPS`` times; the hop count travels in
+  ``X-Cachegrid-Hops``, so a ring disagreement can never loop.
+- A forwarded write that fails after it may have been sent is ``Indeterminate`` (504); one
+  that could not connect is ``Unavailable`` (503). A read is ``Unavailable`` either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+
+from cachegrid.errors import Indeterminate, Unavailable
+
+HOPS_HEADER = "X-Cachegrid-Hops"
+MAX_HOPS = 2
+
+# Response headers passed back from the owner to the caller.
+PASSED_BACK = ("Content-Type", "ETag", "X-Cache", "X-Cachegrid-Node", "Retry-After")
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class Forwarder:
+    def __init__(self, *, timeout: float, max_connections: int = 256) -> None:
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.max_connections, keepalive_timeout=30, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def forward(
+        self,
+        method: str,
+        addr: str,
+        path: str,
+        *,
+        hops: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> Forwarded:
+        """Send the request to the node at ``addr``; its answer, whatever the status."""
+        if hops >= MAX_HOPS:
+            raise Unavailable(f"not forwarded: already {hops} hops (the ring is changing)")
+        assert self._session is not None, "Forwarder.start() was not called"
+        sent_headers = dict(headers or {})
+        sent_headers[HOPS_HEADER] = str(hops + 1)
+        writing = method not in ("GET", "HEAD")
+        try:
+            async with self._session.request(
+                method, f"http://{addr}{path}", data=body or None, headers=sent_headers
+            ) as response:
+                payload = await response.read()
+                passed = {h: response.headers[h] for h in PASSED_BACK if h in response.headers}
+                return Forwarded(response.status, passed, payload)
+        except aiohttp.ClientConnectorError as error:
+            raise Unavailable(f"owner {addr} unreachable: {error.os_error}") from error
+        except (aiohttp.ClientError, TimeoutError) as error:
+            if writing:
+                raise Indeterminate(
+                    f"forwarded write to {addr} failed after it may have been applied: "
+                    f"{type(error).__name__}"
+                ) from error
+            raise Unavailable(f"owner {addr} failed: {type(error).__name__}") from error

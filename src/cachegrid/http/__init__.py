@@ -1,0 +1,1 @@
+"""The node's HTTP surface: the public API (server.py) and the admin API (admin.py)."""

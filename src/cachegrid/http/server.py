@@ -1,0 +1,333 @@
+"""The public HTTP API of a cache node (DESIGN.md §7): routes, parsing, JSON errors.
+
+Owns: turning HTTP requests into calls on ``Node`` and answers into responses, forwarding
+to the owner, and the rule that every error is a JSON body with a fitting status.
+
+Invariants:
+- Never a 500 for any input, never a stack trace: a request is validated (key, content
+  type, size before reading the body, JSON shape, headers) before anything is applied, so
+  a rejected request changes nothing. An unexpected exception is a bug: logged, and
+  answered as a JSON 500 without details.
+- Every response names the node that served it as owner (``X-Cachegrid-Node``), forwarded
+  or not; a forwarded one also carries this node's ring epoch (``X-Cachegrid-Epoch``) so a
+  client can tell its routing was stale.
+- No business logic here: ownership, caching and versions live in node.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from cachegrid.coord.coordinator import Coordinator
+from cachegrid.errors import (
+    BadRequest,
+    CachegridError,
+    MethodNotAllowed,
+    NotFound,
+    TooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from cachegrid.forward import HOPS_HEADER, Forwarder
+from cachegrid.keys import check_key
+from cachegrid.node import ANY, Condition, Node, NotOwner
+from cachegrid.version import Version
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+NODE_HEADER = "X-Cachegrid-Node"
+EPOCH_HEADER = "X-Cachegrid-Epoch"
+# Room for the {"value": ...} envelope around the largest value.
+ENVELOPE_BYTES = 64 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Api:
+    def __init__(
+        self,
+        node: Node,
+        coordinator: Coordinator,
+        forwarder: Forwarder,
+        *,
+        max_key_bytes: int,
+        max_value_bytes: int,
+        max_batch: int = 1000,
+    ) -> None:
+        self.node = node
+        self.coordinator = coordinator
+        self.forwarder = forwarder
+        self.max_key_bytes = max_key_bytes
+        self.max_value_bytes = max_value_bytes
+        self.max_batch = max_batch
+        self.node_id = node.node_id
+
+    def add_routes(self, app: web.Application) -> None:
+        """Every route, each with a JSON 405 for other methods; a JSON 404 for the rest."""
+        table: list[tuple[str, dict[str, Handler]]] = [
+            ("/v1/kv/{key:.*}", {"GET": self.get, "PUT": self.put, "DELETE": self.delete}),
+            ("/v1/kv:batchGet", {"POST": self.batch_get}),
+            ("/v1/ring", {"GET": self.ring}),
+            ("/healthz", {"GET": self.healthz}),
+            ("/readyz", {"GET": self.readyz}),
+        ]
+        for path, methods in table:
+            for method, handler in methods.items():
+                app.router.add_route(method, path, guarded(handler, self.node_id))
+            app.router.add_route("*", path, method_not_allowed(sorted(methods)))
+        app.router.add_route("*", "/{tail:.*}", not_found)
+
+    # -- key-value --------------------------------------------------------------------
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        check_key(key, self.max_key_bytes)
+        try:
+            entry, hit = await self.node.get(key)
+        except NotOwner as moved:
+            return await self._forward(request, moved)
+        cache = "hit" if hit else "miss"
+        if entry.tombstone:
+            return error_response(NotFound(f"no such key: {key[:100]}"), self.node_id, cache)
+        return web.Response(
+            body=entry.body,
+            content_type=JSON,
+            headers={"ETag": entry.etag, "X-Cache": cache, NODE_HEADER: self.node_id},
+        )
+
+    async def put(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        check_key(key, self.max_key_bytes)
+        document = await self._read_json(request)
+        if not isinstance(document, dict) or "value" not in document:
+            raise BadRequest('the body must be a JSON object with a "value" member')
+        value = orjson.dumps(document["value"])
+        if len(value) > self.max_value_bytes:
+            raise TooLarge(f"value is {len(value)} bytes, the limit is {self.max_value_bytes}")
+        condition = parse_condition(request)
+        try:
+            version = await self.node.put(key, value, condition)
+        except NotOwner as moved:
+            return await self._forward(request, moved, await request.read())
+        return self._written(key, version)
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        check_key(key, self.max_key_bytes)
+        condition = parse_condition(request)
+        if condition.absent:
+            raise BadRequest("If-None-Match is not supported on DELETE")
+        try:
+            version = await self.node.delete(key, condition)
+        except NotOwner as moved:
+            return await self._forward(request, moved)
+        return self._written(key, version)
+
+    async def batch_get(self, request: web.Request) -> web.StreamResponse:
+        document = await self._read_json(request)
+        keys = document.get("keys") if isinstance(document, dict) else None
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise BadRequest('the body must be {"keys": [<string>, ...]}')
+        if len(keys) > self.max_batch:
+            raise TooLarge(f"{len(keys)} keys in one batch, the limit is {self.max_batch}")
+        for key in keys:
+            check_key(key, self.max_key_bytes)
+        items = await self._batch_items(keys, hops(request))
+        body = orjson.dumps({"items": [items[key] for key in keys]})
+        return web.Response(body=body, content_type=JSON, headers={NODE_HEADER: self.node_id})
+
+    # -- ring and health ----------------------------------------------------------------
+
+    async def ring(self, request: web.Request) -> web.StreamResponse:
+        ring = self.coordinator.ring
+        if ring is None:
+            raise Unavailable("this node has no ring yet")
+        return json_response(ring.describe(), self.node_id)
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return json_response({"status": "ok"}, self.node_id)
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        status = self.coordinator.status()
+        session = self.coordinator.session
+        ready = bool(session and session.alive()) and status["activated_epoch"] is not None
+        if not ready:
+            raise Unavailable("not ready: no live lease or no active ring yet")
+        return json_response({"status": "ready", **status}, self.node_id)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _read_json(self, request: web.Request) -> Any:
+        if request.content_type != JSON:
+            raise UnsupportedMediaType(f"Content-Type must be {JSON}")
+        limit = self.max_value_bytes + ENVELOPE_BYTES
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge(f"body of {request.content_length} bytes, the limit is {limit}")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as error:
+            raise TooLarge(f"body over the limit of {limit} bytes") from error
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise BadRequest(f"the body is not valid JSON: {error}") from error
+
+    def _written(self, key: str, version: Version) -> web.Response:
+        return web.Response(
+            body=orjson.dumps({"key": key, "version": str(version)}),
+            content_type=JSON,
+            headers={"ETag": f'"{version}"', NODE_HEADER: self.node_id},
+        )
+
+    async def _forward(
+        self, request: web.Request, moved: NotOwner, body: bytes = b""
+    ) -> web.Response:
+        headers = {h: request.headers[h] for h in FORWARDED if h in request.headers}
+        answer = await self.forwarder.forward(
+            request.method, moved.owner.addr, request.path_qs,
+            hops=hops(request), body=body, headers=headers,
+        )  # fmt: skip
+        response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+        response.headers[EPOCH_HEADER] = str(moved.epoch)
+        return response
+
+    async def _batch_items(self, keys: list[str], hop_count: int) -> dict[str, Any]:
+        """One result per distinct key: served here, or asked of its owner in one batch."""
+        items: dict[str, Any] = {}
+        remote: dict[str, list[str]] = {}
+
+        async def local(key: str) -> None:
+            try:
+                entry, _hit = await self.node.get(key)
+            except NotOwner as moved:
+                remote.setdefault(moved.owner.addr, []).append(key)
+                return
+            except CachegridError as error:
+                items[key] = error_item(key, error)
+                return
+            items[key] = (
+                error_item(key, NotFound("no such key")) if entry.tombstone
+                else orjson.Fragment(entry.body)
+            )  # fmt: skip
+
+        await asyncio.gather(*(local(key) for key in dict.fromkeys(keys)))
+        await asyncio.gather(
+            *(self._remote_batch(a, ks, hop_count, items) for a, ks in remote.items())
+        )
+        return items
+
+    async def _remote_batch(
+        self, addr: str, keys: list[str], hop_count: int, items: dict[str, Any]
+    ) -> None:
+        try:
+            answer = await self.forwarder.forward(
+                "POST", addr, "/v1/kv:batchGet", hops=hop_count,
+                body=orjson.dumps({"keys": keys}), headers={"Content-Type": JSON},
+            )  # fmt: skip
+            if answer.status != 200:
+                raise Unavailable(f"owner {addr} answered {answer.status}")
+            for item in orjson.loads(answer.body)["items"]:
+                items[item["key"]] = item
+        except CachegridError as error:
+            for key in keys:
+                items[key] = error_item(key, error)
+
+
+# Request headers forwarded to the owner with the request.
+FORWARDED = ("Content-Type", "If-Match", "If-None-Match")
+
+
+def hops(request: web.Request) -> int:
+    try:
+        return int(request.headers.get(HOPS_HEADER, "0"))
+    except ValueError as error:
+        raise BadRequest(f"{HOPS_HEADER} must be an integer") from error
+
+
+def parse_condition(request: web.Request) -> Condition:
+    """The write's precondition from If-Match / If-None-Match; BadRequest if malformed."""
+    if_match = request.headers.get("If-Match")
+    if_none_match = request.headers.get("If-None-Match")
+    if if_match is not None and if_none_match is not None:
+        raise BadRequest("use either If-Match or If-None-Match, not both")
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            raise BadRequest('If-None-Match supports only "*"')
+        return Condition(absent=True)
+    if if_match is None:
+        return ANY
+    text = if_match.strip()
+    if text == "*":
+        return Condition(exists=True)
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        raise BadRequest('If-Match must be one quoted version, as in ETag: "12.3"')
+    try:
+        return Condition(version=Version.parse(text[1:-1]))
+    except ValueError as error:
+        raise BadRequest(f"If-Match: {error}") from error
+
+
+def error_body(error: CachegridError) -> bytes:
+    return orjson.dumps({"error": {"code": error.code, "message": error.message}})
+
+
+def error_item(key: str, error: CachegridError) -> dict[str, Any]:
+    return {"key": key, "error": {"code": error.code, "message": error.message}}
+
+
+def error_response(error: CachegridError, node_id: str, cache: str | None = None) -> web.Response:
+    headers = {NODE_HEADER: node_id}
+    if cache is not None:
+        headers["X-Cache"] = cache
+    if error.status == 503:
+        headers["Retry-After"] = "1"
+    return web.Response(
+        status=error.status, body=error_body(error), content_type=JSON, headers=headers
+    )
+
+
+def json_response(document: Any, node_id: str) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(document), content_type=JSON, headers={NODE_HEADER: node_id}
+    )
+
+
+def guarded(handler: Handler, node_id: str) -> Handler:
+    """The handler, with every error turned into its JSON response."""
+
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except CachegridError as error:
+            return error_response(error, node_id)
+        except Exception:
+            log.exception("bug: unexpected error in %s %s", request.method, request.path)
+            return web.Response(
+                status=500,
+                body=b'{"error":{"code":"internal","message":"internal error"}}',
+                content_type=JSON,
+            )
+
+    return run
+
+
+def method_not_allowed(allowed: list[str]) -> Handler:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        error = MethodNotAllowed(f"{request.method} not allowed; use {', '.join(allowed)}")
+        response = web.Response(status=405, body=error_body(error), content_type=JSON)
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    return answer
+
+
+async def not_found(request: web.Request) -> web.StreamResponse:
+    error = NotFound(f"no route {request.method} {request.path[:200]}")
+    return web.Response(status=404, body=error_body(error), content_type=JSON)

@@ -1,0 +1,78 @@
+"""The owner's in-memory cache: versioned entries, bounded in count and in bytes.
+
+Owns: the entries of the keys this node serves, LRU eviction, and byte accounting.
+
+Invariants:
+- At most ``max_entries`` entries and ``max_bytes`` accounted bytes at any time; an entry
+  larger than ``max_bytes`` on its own is not cached at all.
+- An entry is immutable, and carries the exact response body a hit returns, built once at
+  insertion, so a hit allocates nothing but the response.
+- Synchronous and not thread-safe: the node calls it from its event loop only, and decides
+  *what* may be cached (see node.py); this module only keeps it. No I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cachetools
+
+from cachegrid.version import Version
+
+# Rough per-entry cost of the dict slot, the Entry object and the key string, in bytes.
+ENTRY_OVERHEAD = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    version: Version
+    tombstone: bool
+    body: bytes  # the full 200 response of a GET; empty for a tombstone
+    etag: str  # '"<version>"'
+    size: int  # accounted bytes: body, key and ENTRY_OVERHEAD
+
+
+def _size(entry: Entry) -> int:
+    return entry.size
+
+
+class LocalCache:
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.evictions = 0
+        self._lru: cachetools.LRUCache[str, Entry] = cachetools.LRUCache(
+            maxsize=max_bytes, getsizeof=_size
+        )
+
+    def __repr__(self) -> str:
+        return f"<LocalCache entries={len(self)} bytes={self.bytes}/{self.max_bytes}>"
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    @property
+    def bytes(self) -> int:
+        return int(self._lru.currsize)
+
+    def get(self, key: str) -> Entry | None:
+        return self._lru.get(key)
+
+    def put(self, key: str, entry: Entry) -> None:
+        self._lru.pop(key, None)
+        if entry.size > self.max_bytes:
+            return  # too large to cache: reads of it go to the store
+        while len(self._lru) >= self.max_entries or self.bytes + entry.size > self.max_bytes:
+            self._lru.popitem()
+            self.evictions += 1
+        self._lru[key] = entry
+
+    def evict(self, key: str) -> None:
+        self._lru.pop(key, None)
+
+    def cached_keys(self) -> list[str]:
+        """A copy of the cached keys (safe to evict while iterating over it)."""
+        return list(self._lru.keys())
+
+    def clear(self) -> None:
+        self._lru.clear()

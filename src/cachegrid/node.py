@@ -1,0 +1,288 @@
+"""The owner's read and write paths (DESIGN.md §4), independent of HTTP.
+
+Owns: what a node does with a request for a key it owns — cache hits, single-flight fills,
+per-key serialized writes with preconditions and versions — and how it releases keys on
+handoff.
+
+Invariants:
+- S2: every write of a key runs here, at its active owner, serialized with the other writes
+  of the key, and updates the cache before it is acknowledged. With S1 this makes every
+  cache hit a linearizable read.
+- A fill inserts its result only if no write of the key began and ownership did not change
+  while it was in flight; and a write detaches any fill in flight, so no reader that
+  arrives after the write completes can get the older value.
+- Versions are (write epoch, seq): the write epoch rises with every activation and across
+  owners (coord/ownership.py); seq rises with every write of this node.
+- A write acknowledged by the store but finished after the node lost the right to serve
+  (deadline, handoff) is answered as indeterminate and its key evicted, never as 200.
+- A hit does no I/O and awaits nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from cachegrid.errors import (
+    Indeterminate,
+    NotFound,
+    StoreUnavailable,
+    Unavailable,
+    VersionMismatch,
+    WriteIndeterminate,
+)
+from cachegrid.localcache import ENTRY_OVERHEAD, Entry, LocalCache
+from cachegrid.ring import Member, Ring
+from cachegrid.singleflight import Group
+from cachegrid.store import Record, Store
+from cachegrid.version import ZERO, Version
+
+log = logging.getLogger(__name__)
+
+
+class OwnerView(Protocol):
+    """What the node needs from coordination (coord/coordinator.py implements it).
+
+    None of these does I/O except ``wait_active``, which only waits.
+    """
+
+    @property
+    def ring(self) -> Ring | None: ...
+
+    def can_serve(self, key: str) -> bool: ...
+
+    async def wait_active(self, key: str, hold: float) -> bool: ...
+
+    @property
+    def write_epoch(self) -> int: ...
+
+
+class NotOwner(Exception):
+    """The key belongs to another node under the current ring: forward it there."""
+
+    def __init__(self, owner: Member, epoch: int) -> None:
+        super().__init__(owner.node_id)
+        self.owner = owner
+        self.epoch = epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A write's precondition: If-Match (a version, or any existing value with ``exists``)
+    or If-None-Match: * (``absent``)."""
+
+    version: Version | None = None
+    exists: bool = False
+    absent: bool = False
+
+    def check(self, current: Entry) -> None:
+        present = not current.tombstone
+        if self.version is not None and (not present or current.version != self.version):
+            raise VersionMismatch(f"If-Match {self.version}: the current version differs")
+        if self.exists and not present:
+            raise VersionMismatch("If-Match: * but the key does not exist")
+        if self.absent and present:
+            raise VersionMismatch("If-None-Match: * but the key exists")
+
+
+ANY = Condition()
+
+
+@dataclass
+class _Fill:
+    invalidated: bool = False
+
+
+def make_entry(key: str, record: Record | None) -> Entry:
+    """The cache entry for a stored record (None: never written)."""
+    if record is None or record.tombstone:
+        version = record.version if record else ZERO
+        return Entry(version, True, b"", f'"{version}"', len(key) + ENTRY_OVERHEAD)
+    version = str(record.version)
+    body = b"".join(
+        (b'{"key":', orjson.dumps(key), b',"value":', record.value,
+         b',"version":"', version.encode(), b'"}')
+    )  # fmt: skip
+    return Entry(record.version, False, body, f'"{version}"', len(body) + len(key) + ENTRY_OVERHEAD)
+
+
+class Node:
+    def __init__(
+        self,
+        node_id: str,
+        owner: OwnerView,
+        store: Store,
+        cache: LocalCache,
+        *,
+        hold: float = 2.0,
+    ) -> None:
+        self.node_id = node_id
+        self.owner = owner
+        self.store = store
+        self.cache = cache
+        self.hold = hold  # seconds a request waits for its key's range to activate
+        self._flights: Group[Entry] = Group()
+        self._fills: dict[str, _Fill] = {}  # fills in flight, by key
+        self._locks: dict[str, asyncio.Lock] = {}  # writes in flight or queued, by key
+        self._waiters: dict[str, int] = {}  # how many writes use each lock
+        self._seq = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Node {self.node_id} {self.cache!r} fills={len(self._fills)} "
+            f"writing={len(self._locks)}>"
+        )
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def get(self, key: str) -> tuple[Entry, bool]:
+        """(entry, hit). NotOwner to forward; Unavailable if the range is not active in time.
+
+        The entry may be a tombstone (deleted, or never written): the caller answers 404.
+        """
+        if self.owner.can_serve(key):
+            entry = self.cache.get(key)
+            if entry is not None:
+                return entry, True
+        else:
+            await self._await_serving(key)
+        return await self._flights.do(key, lambda: self._fill(key)), False
+
+    async def _fill(self, key: str) -> Entry:
+        fill = self._fills[key] = _Fill()
+        try:
+            record = await self.store.read(key)
+        finally:
+            del self._fills[key]
+        entry = make_entry(key, record)
+        if not fill.invalidated and self.owner.can_serve(key):
+            self.cache.put(key, entry)
+        return entry
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def put(self, key: str, value: bytes, condition: Condition = ANY) -> Version:
+        """Write ``value`` (encoded JSON). VersionMismatch if ``condition`` fails."""
+        return await self._write(key, value, condition)
+
+    async def delete(self, key: str, condition: Condition = ANY) -> Version:
+        """Write a tombstone. NotFound if the key does not exist."""
+        return await self._write(key, None, condition)
+
+    async def _write(self, key: str, value: bytes | None, condition: Condition) -> Version:
+        await self._await_serving(key)
+        with self._key_lock(key) as lock:
+            async with lock:
+                self._invalidate_fill(key)
+                current = await self._current(key)
+                condition.check(current)
+                if value is None and current.tombstone:
+                    raise NotFound("no such key")
+                if not self.owner.can_serve(key):
+                    raise Unavailable("ownership of the key moved; retry")
+                self._seq += 1
+                version = Version(self.owner.write_epoch, self._seq)
+                record = Record.tombstone_at(version) if value is None else Record(
+                    version, False, value
+                )  # fmt: skip
+                await self._store_and_cache(key, record)
+                return version
+
+    async def _current(self, key: str) -> Entry:
+        """The key's current state for preconditions: cached, or read from the store."""
+        entry = self.cache.get(key)
+        if entry is None:
+            entry = make_entry(key, await self.store.read(key))
+        return entry
+
+    async def _store_and_cache(self, key: str, record: Record) -> None:
+        try:
+            stored = await self.store.write(key, record)
+        except (StoreUnavailable, WriteIndeterminate):
+            self.cache.evict(key)
+            raise
+        if stored != record.version:
+            self.cache.evict(key)
+            log.error("write of %r at %s found newer %s in the store", key, record.version, stored)
+            raise Indeterminate(f"the store holds a newer version {stored}; write superseded")
+        if not self.owner.can_serve(key):
+            self.cache.evict(key)
+            raise Indeterminate("the write reached the store, but this node lost ownership "
+                                "of the key before acknowledging it")  # fmt: skip
+        self.cache.put(key, make_entry(key, record))
+
+    # -- handoff ------------------------------------------------------------------------
+
+    async def release(self, drop_all: bool) -> None:
+        """Called by coordination before it acks a new ring: let writes on keys no longer
+        active finish, then drop their entries (or every entry)."""
+        for fill in self._fills.values():
+            fill.invalidated = True
+        moving = [lock for key, lock in self._locks.items() if not self.owner.can_serve(key)]
+        for lock in moving:
+            async with lock:  # a write holding it finishes (its store call has a deadline)
+                pass
+        if drop_all:
+            self.cache.clear()
+            return
+        for key in self.cache.cached_keys():
+            if not self.owner.can_serve(key):
+                self.cache.evict(key)
+
+    def flush(self, keys: list[str] | None = None, prefix: str | None = None) -> int:
+        """Drop cached entries (all, those in ``keys``, or those starting with ``prefix``);
+        how many. Safe at any time: the store holds the truth."""
+        if keys is None and prefix is None:
+            count = len(self.cache)
+            self.cache.clear()
+            return count
+        chosen = keys if keys is not None else self._keys_with_prefix(prefix or "")
+        count = 0
+        for key in chosen:
+            if self.cache.get(key) is not None:
+                self.cache.evict(key)
+                count += 1
+        return count
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _keys_with_prefix(self, prefix: str) -> list[str]:
+        return [key for key in self.cache.cached_keys() if key.startswith(prefix)]
+
+    async def _await_serving(self, key: str) -> None:
+        """Return once this node may serve ``key``; NotOwner or Unavailable otherwise."""
+        if self.owner.can_serve(key):
+            return
+        ring = self.owner.ring
+        if ring is None:
+            raise Unavailable("this node has no ring yet")
+        owner = ring.owner_member(key)
+        if owner.node_id != self.node_id:
+            raise NotOwner(owner, ring.epoch)
+        if not await self.owner.wait_active(key, self.hold):
+            raise Unavailable("the key's range is being handed over to this node; retry")
+
+    def _invalidate_fill(self, key: str) -> None:
+        fill = self._fills.get(key)
+        if fill is not None:
+            fill.invalidated = True
+        self._flights.detach(key)
+
+    @contextmanager
+    def _key_lock(self, key: str) -> Iterator[asyncio.Lock]:
+        """The lock serializing writes of ``key``, dropped once no write uses it."""
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._waiters[key] = self._waiters.get(key, 0) + 1
+        try:
+            yield lock
+        finally:
+            self._waiters[key] -= 1
+            if not self._waiters[key]:
+                del self._waiters[key]
+                del self._locks[key]
