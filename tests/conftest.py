@@ -7,11 +7,19 @@ dies with the test process if that is killed (see cachegrid.servers).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from cachegrid.servers import EtcdServer, PortAllocator, RedisServer, etcd_cluster, start_all
+from cachegrid.servers import (
+    EtcdServer,
+    NodeProcess,
+    PortAllocator,
+    RedisServer,
+    etcd_cluster,
+    start_all,
+)
 from cachegrid.store import QuorumStore, Replica
 
 RedisFactory = Callable[..., list[RedisServer]]
@@ -80,3 +88,76 @@ def etcd_servers(
     finally:
         for member in started:
             member.stop()
+
+
+@dataclass
+class Cluster:
+    """etcd, Redis replicas and cache nodes, each a real process on loopback."""
+
+    etcd: list[EtcdServer]
+    redis: list[RedisServer]
+    nodes: list[NodeProcess]
+    config: Path
+    admin_token: str = "test-admin-token"
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def stop(self) -> None:
+        for process in [*self.nodes, *self.redis, *self.etcd]:
+            process.stop()
+
+
+def start_cluster(
+    base: Path, ports: PortAllocator, *, nodes: int = 3, replicas: int = 3, node_config: str = ""
+) -> Cluster:
+    """Start a whole cluster; the caller stops it (``Cluster.stop``)."""
+    etcd = etcd_cluster(base / "etcd", ports, 1)
+    redis = [RedisServer(base / f"redis{i}", ports.take()) for i in range(replicas)]
+    config = base / "cachegrid.toml"
+    cluster = Cluster(etcd, redis, [], config)
+    config.write_text(
+        f'[etcd]\nendpoints = ["{etcd[0].endpoint}"]\n\n'
+        f"[store]\nreplicas = [{', '.join(repr(r.endpoint) for r in redis)}]\n"
+        "timeout = 0.5\nmax_value_bytes = 65536\n\n"
+        f'[node]\nlease_ttl = 2\nlease_margin = 0.3\nadmin_token = "{cluster.admin_token}"\n'
+        + node_config
+    )
+    cluster.nodes = [
+        NodeProcess(base / f"node{i}", f"node{i}", ports.take(), config) for i in range(nodes)
+    ]
+    try:
+        start_all([*etcd, *redis])
+        start_all(list(cluster.nodes), timeout=60)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, ports: PortAllocator) -> Iterator[Cluster]:
+    """One cluster shared by the tests of a module that do not break it."""
+    running = start_cluster(tmp_path_factory.mktemp("cluster"), ports)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Path, ports: PortAllocator) -> Iterator[Callable[..., Cluster]]:
+    """Factory of clusters for tests that break them; each stopped at teardown."""
+    started: list[Cluster] = []
+
+    def make(**options: object) -> Cluster:
+        running = start_cluster(tmp_path / f"cluster{len(started)}", ports, **options)  # type: ignore[arg-type]
+        started.append(running)
+        return running
+
+    try:
+        yield make
+    finally:
+        for running in started:
+            running.stop()

@@ -1,0 +1,222 @@
+"""The public HTTP API end to end, against a cluster of real processes (DESIGN.md §7)."""
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+import pytest
+
+from cachegrid.ring import Ring
+from cachegrid.store import QuorumStore, Record, Replica
+from cachegrid.version import Version
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def call(http, method, url, *, json=None, data=None, headers=None):
+    """(status, headers, parsed JSON body) of one request."""
+    sent = dict(headers or {})
+    if json is not None:
+        data = orjson.dumps(json)
+        sent.setdefault("Content-Type", "application/json")
+    async with http.request(method, url, data=data, headers=sent) as response:
+        body = await response.read()
+        return response.status, response.headers, orjson.loads(body) if body else None
+
+
+async def ring_of(http, cluster) -> Ring:
+    _, _, body = await call(http, "GET", f"{cluster.urls[0]}/v1/ring")
+    return Ring.from_description(body)
+
+
+async def test_every_node_reads_what_any_node_wrote(http, cluster) -> None:
+    ring = await ring_of(http, cluster)
+    for i, writer in enumerate(cluster.urls):
+        key = f"ryw-{i}"
+        status, headers, body = await call(http, "PUT", f"{writer}/v1/kv/{key}",
+                                           json={"value": {"n": i, "s": "ü"}})  # fmt: skip
+        assert status == 200
+        version = body["version"]
+        assert headers["ETag"] == f'"{version}"'
+        assert headers["X-Cachegrid-Node"] == ring.owner(key)
+        for reader in cluster.urls:
+            status, headers, body = await call(http, "GET", f"{reader}/v1/kv/{key}")
+            assert status == 200
+            assert body == {"key": key, "value": {"n": i, "s": "ü"}, "version": version}
+            assert headers["X-Cachegrid-Node"] == ring.owner(key)
+            assert headers["X-Cache"] == "hit"  # the write put it in the owner's cache
+
+
+async def test_a_key_only_in_the_store_is_a_miss_then_a_hit(http, cluster) -> None:
+    store = QuorumStore([Replica(r.endpoint, timeout=1) for r in cluster.redis], timeout=1)
+    await store.write("only-in-store", Record(Version(1, 1), False, b'"from the store"'))
+    await store.close()
+    url = f"{cluster.urls[0]}/v1/kv/only-in-store"
+    first = await call(http, "GET", url)
+    second = await call(http, "GET", url)
+    assert (first[0], first[1]["X-Cache"], first[2]["value"]) == (200, "miss", "from the store")
+    assert (second[0], second[1]["X-Cache"]) == (200, "hit")
+
+
+async def test_delete_leaves_a_404_and_versions_keep_rising(http, cluster) -> None:
+    url = f"{cluster.urls[1]}/v1/kv/deleted"
+    _, _, put = await call(http, "PUT", url, json={"value": 1})
+    status, _, deleted = await call(http, "DELETE", url)
+    assert status == 200
+    assert Version.parse(deleted["version"]) > Version.parse(put["version"])
+    status, headers, body = await call(http, "GET", url)
+    assert (status, body["error"]["code"]) == (404, "not_found")
+    assert "X-Cachegrid-Node" in headers
+    assert (await call(http, "DELETE", url))[0] == 404
+    _, _, again = await call(http, "PUT", url, json={"value": 2})
+    assert Version.parse(again["version"]) > Version.parse(deleted["version"])
+
+
+async def test_conditional_writes(http, cluster) -> None:
+    url = f"{cluster.urls[2]}/v1/kv/cond"
+    absent = {"If-None-Match": "*"}
+    assert (await call(http, "PUT", url, json={"value": 1}, headers=absent))[0] == 200
+    status, _, body = await call(http, "PUT", url, json={"value": 2}, headers=absent)
+    assert (status, body["error"]["code"]) == (412, "version_mismatch")
+    _, headers, _ = await call(http, "GET", url)
+    etag = headers["ETag"]
+    assert (await call(http, "PUT", url, json={"value": 3}, headers={"If-Match": etag}))[0] == 200
+    assert (await call(http, "PUT", url, json={"value": 4}, headers={"If-Match": etag}))[0] == 412
+    assert (await call(http, "DELETE", url, headers={"If-Match": etag}))[0] == 412
+    assert (await call(http, "PUT", url, json={"value": 5}, headers={"If-Match": "*"}))[0] == 200
+    assert (await call(http, "DELETE", url, headers={"If-Match": "*"}))[0] == 200
+    assert (await call(http, "PUT", url, json={"value": 6}, headers={"If-Match": "*"}))[0] == 412
+    _, _, body = await call(http, "GET", url)
+    assert body["error"]["code"] == "not_found"  # no failed write left a trace
+
+
+async def test_cas_races_admit_exactly_one_winner_per_version(http, cluster) -> None:
+    """20 clients increment one counter with If-Match through random nodes."""
+    url_of = lambda base: f"{base}/v1/kv/counter"  # noqa: E731
+    await call(http, "PUT", url_of(cluster.urls[0]), json={"value": 0})
+    wins: list[tuple[str, int]] = []  # (version read, value written)
+    rng = random.Random(5)
+
+    async def client() -> None:
+        for _ in range(15):
+            base = rng.choice(cluster.urls)
+            _, headers, body = await call(http, "GET", url_of(base))
+            status, _, _ = await call(http, "PUT", url_of(base), json={"value": body["value"] + 1},
+                                      headers={"If-Match": headers["ETag"]})  # fmt: skip
+            assert status in (200, 412)
+            if status == 200:
+                wins.append((body["version"], body["value"] + 1))
+
+    await asyncio.gather(*(client() for _ in range(20)))
+    _, _, final = await call(http, "GET", url_of(cluster.urls[1]))
+    read_versions = [version for version, _ in wins]
+    assert len(read_versions) == len(set(read_versions)), "two writers won on one version"
+    assert final["value"] == len(wins)  # no increment lost, none applied twice
+    assert sorted(value for _, value in wins) == list(range(1, len(wins) + 1))
+
+
+BAD_REQUESTS = [
+    # (method, path, headers, body, status, code)
+    ("PUT", "/v1/kv/a", {"Content-Type": "text/plain"}, b"1", 415, "unsupported_media_type"),
+    ("PUT", "/v1/kv/a", {"Content-Type": "application/json"}, b"{bad", 400, "bad_request"),
+    ("PUT", "/v1/kv/a", {"Content-Type": "application/json"}, b"[1]", 400, "bad_request"),
+    ("PUT", "/v1/kv/a", {"Content-Type": "application/json"}, b'{"v": 1}', 400, "bad_request"),
+    ("PUT", "/v1/kv/a", {"Content-Type": "application/json"}, b"", 400, "bad_request"),
+    ("PUT", "/v1/kv/a", {"Content-Type": "application/json", "If-Match": "12.3"},
+     b'{"value": 1}', 400, "bad_request"),
+    ("PUT", "/v1/kv/a", {"Content-Type": "application/json", "If-Match": '"1.01"'},
+     b'{"value": 1}', 400, "bad_request"),
+    ("PUT", "/v1/kv/a", {"Content-Type": "application/json", "If-None-Match": '"1.1"'},
+     b'{"value": 1}', 400, "bad_request"),
+    ("PUT", "/v1/kv/a", {"Content-Type": "application/json", "If-None-Match": "*",
+                         "If-Match": '"1.1"'}, b'{"value": 1}', 400, "bad_request"),
+    ("PUT", "/v1/kv/a", {"Content-Type": "application/json"},
+     b'{"value": "' + b"x" * 70000 + b'"}', 413, "too_large"),
+    ("PUT", "/v1/kv/a", {"Content-Type": "application/json"},
+     b'{"value": "' + b"x" * 66000 + b'"}', 413, "too_large"),
+    ("GET", "/v1/kv/" + "k" * 1025, {}, b"", 413, "too_large"),
+    ("GET", "/v1/kv/a%01b", {}, b"", 400, "bad_request"),
+    ("GET", "/v1/kv/", {}, b"", 400, "bad_request"),
+    ("GET", "/v1/kv/a", {"X-Cachegrid-Hops": "many"}, b"", 400, "bad_request"),
+    ("PATCH", "/v1/kv/a", {}, b"", 405, "method_not_allowed"),
+    ("GET", "/v1/kv:batchGet", {}, b"", 405, "method_not_allowed"),
+    ("DELETE", "/v1/ring", {}, b"", 405, "method_not_allowed"),
+    ("GET", "/v2/kv/a", {}, b"", 404, "not_found"),
+    ("GET", "/", {}, b"", 404, "not_found"),
+    ("POST", "/v1/kv:batchGet", {"Content-Type": "application/json"}, b'{"keys": "a"}', 400,
+     "bad_request"),
+    ("POST", "/v1/kv:batchGet", {"Content-Type": "application/json"}, b'{"keys": [1]}', 400,
+     "bad_request"),
+    ("POST", "/v1/kv:batchGet", {"Content-Type": "application/json"},
+     orjson.dumps({"keys": [f"k{i}" for i in range(1001)]}), 413, "too_large"),
+    ("DELETE", "/v1/kv/a", {"If-None-Match": "*"}, b"", 400, "bad_request"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "body", "status", "code"), BAD_REQUESTS)
+async def test_bad_input_gets_a_json_error_and_changes_nothing(
+    http, cluster, method, path, headers, body, status, code
+) -> None:
+    url = cluster.urls[0]
+    await call(http, "PUT", f"{url}/v1/kv/a", json={"value": "before"})
+    got_status, got_headers, got = await call(http, method, f"{url}{path}", data=body,
+                                              headers=headers)  # fmt: skip
+    assert (got_status, got["error"]["code"]) == (status, code), got
+    assert got_headers["Content-Type"].startswith("application/json")
+    _, _, after = await call(http, "GET", f"{url}/v1/kv/a")
+    assert after["value"] == "before"
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(http, cluster) -> None:
+    """413 on the Content-Length alone, and for a chunked body as soon as it passes."""
+    url = f"{cluster.urls[0]}/v1/kv/big"
+
+    async def endless():
+        yield b'{"value": "'
+        for _ in range(200):
+            yield b"x" * 65536
+
+    status, _, body = await call(http, "PUT", url, data=endless(),
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    assert (status, body["error"]["code"]) == (413, "too_large")
+
+
+async def test_batch_get_spans_owners_and_reports_per_key(http, cluster) -> None:
+    keys = [f"batch-{i}" for i in range(30)]
+    for key in keys[:20]:
+        await call(http, "PUT", f"{cluster.urls[1]}/v1/kv/{key}", json={"value": key.upper()})
+    status, _, body = await call(http, "POST", f"{cluster.urls[2]}/v1/kv:batchGet",
+                                 json={"keys": [*keys, keys[0]]})  # fmt: skip
+    assert status == 200
+    items = body["items"]
+    assert [item["key"] for item in items] == [*keys, keys[0]]
+    assert all(item["value"] == item["key"].upper() for item in items[:20])
+    assert all(item["error"]["code"] == "not_found" for item in items[20:30])
+    assert items[30] == items[0]
+
+
+async def test_ring_and_health(http, cluster) -> None:
+    rings = [(await call(http, "GET", f"{url}/v1/ring"))[2] for url in cluster.urls]
+    assert all(ring == rings[0] for ring in rings)
+    assert [m["id"] for m in rings[0]["members"]] == ["node0", "node1", "node2"]
+    assert rings[0]["vnodes"] == 128
+    for url in cluster.urls:
+        assert (await call(http, "GET", f"{url}/healthz"))[0] == 200
+        status, _, ready = await call(http, "GET", f"{url}/readyz")
+        assert status == 200
+        assert ready["activated_epoch"] is not None
+
+
+async def test_the_hop_limit_stops_forwarding_loops(http, cluster) -> None:
+    ring = await ring_of(http, cluster)
+    key = next(f"hop-{i}" for i in range(100) if ring.owner(f"hop-{i}") != "node0")
+    status, headers, body = await call(http, "GET", f"{cluster.urls[0]}/v1/kv/{key}",
+                                       headers={"X-Cachegrid-Hops": "2"})  # fmt: skip
+    assert (status, body["error"]["code"]) == (503, "unavailable")
+    assert headers["Retry-After"] == "1"
