@@ -115,6 +115,7 @@ def start_cluster(
     """Start a whole cluster; the caller stops it (``Cluster.stop``)."""
     etcd = etcd_cluster(base / "etcd", ports, 1)
     redis = [RedisServer(base / f"redis{i}", ports.take()) for i in range(replicas)]
+    base.mkdir(parents=True, exist_ok=True)
     config = base / "cachegrid.toml"
     cluster = Cluster(etcd, redis, [], config)
     config.write_text(
