@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aiohttp import web
 
+from cachegrid.admin import Admin
 from cachegrid.config import Config
 from cachegrid.coord.coordinator import Coordinator, CoordSettings
 from cachegrid.coord.etcd import Etcd
 from cachegrid.forward import Forwarder
-from cachegrid.http.server import ENVELOPE_BYTES, Api
+from cachegrid.http.admin import AdminApi
+from cachegrid.http.server import ENVELOPE_BYTES, Api, add_not_found
 from cachegrid.localcache import LocalCache
+from cachegrid.metrics import Metrics
 from cachegrid.node import Node
-from cachegrid.store import open_store
+from cachegrid.store import QuorumStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +37,39 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     etcd = Etcd(list(config.etcd.endpoints))
     store = open_store(config.store)
     forwarder = Forwarder(timeout=settings.forward_timeout)
+    metrics = Metrics()
     node: Node | None = None
+    admin_api: AdminApi | None = None
 
     async def release(drop_all: bool) -> None:
         if node is not None:
             await node.release(drop_all)
 
-    coordinator = Coordinator(etcd, coord_settings(config), on_release=release)
+    async def apply_command(command: dict[str, Any]) -> dict[str, Any]:
+        assert admin_api is not None
+        return await admin_api.apply_command(command)
+
+    coordinator = Coordinator(
+        etcd, coord_settings(config), on_release=release, on_admin=apply_command
+    )
     node = Node(
         settings.node_id,
         coordinator,
         store,
         LocalCache(settings.cache_max_entries, settings.cache_max_bytes),
         hold=settings.handoff_hold,
+        metrics=metrics,
+        stale_check_every=settings.stale_check_every,
     )
+    admin_api = AdminApi(node, coordinator, Admin(etcd, config.etcd.prefix), store, forwarder,
+                         settings.admin_token)  # fmt: skip
     app = web.Application(client_max_size=config.store.max_value_bytes + ENVELOPE_BYTES)
     Api(node, coordinator, forwarder, max_key_bytes=config.store.max_key_bytes,
         max_value_bytes=config.store.max_value_bytes,
         max_batch=settings.max_batch_keys).add_routes(app)  # fmt: skip
+    admin_api.add_routes(app)
+    add_not_found(app)
+    add_gauges(metrics, coordinator, node, store)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = settings.listen.rpartition(":")
@@ -58,14 +77,40 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     try:
         await web.TCPSite(runner, host, int(port), reuse_address=True).start()
         await coordinator.start()
+        node.start_detector()
         log.info("node %s serving on %s", settings.node_id, settings.listen)
         await stop.wait()
     finally:
         await coordinator.stop()
+        await node.stop_detector()
         await runner.cleanup()
         await forwarder.close()
         await store.close()
         await etcd.close()
+
+
+def add_gauges(metrics: Metrics, coordinator: Coordinator, node: Node, store: QuorumStore) -> None:
+    def slack() -> float:
+        return coordinator.session.slack() if coordinator.session else 0.0
+
+    def epoch() -> float:
+        ring = coordinator.ring
+        return ring.epoch if ring else 0
+
+    gauges = [
+        ("cachegrid_lease_slack_seconds",
+         "Seconds left before the local lease deadline (serving stops at 0).", slack),
+        ("cachegrid_ring_epoch", "Epoch of the newest ring applied.", epoch),
+        ("cachegrid_applied_revision",
+         "Last etcd revision applied from the watch (compare nodes for watch lag).",
+         lambda: coordinator.applied_revision),
+        ("cachegrid_cache_entries", "Entries in the cache.", lambda: len(node.cache)),
+        ("cachegrid_cache_bytes", "Accounted bytes in the cache.", lambda: node.cache.bytes),
+        ("cachegrid_store_replicas_up", "Store replicas whose circuit breaker is closed.",
+         lambda: sum(r.is_up() for r in store.replicas)),
+    ]  # fmt: skip
+    for name, documentation, read in gauges:
+        metrics.gauge(name, documentation, read)
 
 
 def coord_settings(config: Config) -> CoordSettings:

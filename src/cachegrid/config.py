@@ -98,6 +98,8 @@ class NodeConfig:
     max_batch_keys: int = 1000
     # Bearer token of the /admin API (empty: the admin API is disabled).
     admin_token: str = ""
+    # The inconsistency detector re-reads one cache hit in this many from the store (0: off).
+    stale_check_every: int = 100
 
     @property
     def node_id(self) -> str:
@@ -115,6 +117,8 @@ class NodeConfig:
         found += _positive("node", self, "cache_max_entries", "cache_max_bytes", "max_batch_keys")
         if self.weight < 0:
             found.append("node.weight: must be >= 0")
+        if self.stale_check_every < 0:
+            found.append("node.stale_check_every: must be >= 0")
         if not 0 <= self.lease_margin < self.lease_ttl / 3:
             found.append("node.lease_margin: must be >= 0 and under a third of node.lease_ttl")
         if any(c in self.id for c in "/ \t\n"):

@@ -30,6 +30,18 @@ class BadRequest(CachegridError):
     status = 400
 
 
+class Unauthorized(CachegridError):
+    """A missing or wrong admin token."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(CachegridError):
+    code = "forbidden"
+    status = 403
+
+
 class NotFound(CachegridError):
     code = "not_found"
     status = 404

@@ -15,13 +15,19 @@ Invariants:
   owners (coord/ownership.py); seq rises with every write of this node.
 - A write acknowledged by the store but finished after the node lost the right to serve
   (deadline, handoff) is answered as indeterminate and its key evicted, never as 200.
-- A hit does no I/O and awaits nothing.
+- A hit does no I/O and awaits nothing; at most it drops its key into the detector's
+  bounded queue (never waiting: a full queue skips the sample).
+- The inconsistency detector reports a stale hit only when it is certain: no write of the
+  key was in flight during its store read, the cached entry did not change, the node still
+  serves the key, and the store holds a newer version.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +44,7 @@ from cachegrid.errors import (
     WriteIndeterminate,
 )
 from cachegrid.localcache import ENTRY_OVERHEAD, Entry, LocalCache
+from cachegrid.metrics import Metrics
 from cachegrid.ring import Member, Ring
 from cachegrid.singleflight import Group
 from cachegrid.store import Record, Store
@@ -121,6 +128,8 @@ class Node:
         cache: LocalCache,
         *,
         hold: float = 2.0,
+        metrics: Metrics | None = None,
+        stale_check_every: int = 100,
     ) -> None:
         self.node_id = node_id
         self.owner = owner
@@ -132,6 +141,16 @@ class Node:
         self._locks: dict[str, asyncio.Lock] = {}  # writes in flight or queued, by key
         self._waiters: dict[str, int] = {}  # how many writes use each lock
         self._seq = 0
+        self.metrics = metrics or Metrics()
+        self._hit = self.metrics.cache_results.labels("hit")
+        self._miss = self.metrics.cache_results.labels("miss")
+        self._read_seconds = self.metrics.store_seconds.labels("read")
+        self._write_seconds = self.metrics.store_seconds.labels("write")
+        # The inconsistency detector re-reads one hit in ``stale_check_every`` (0: never).
+        self.stale_check_every = stale_check_every
+        self._hits = 0
+        self._samples: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
+        self._detector: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -149,17 +168,23 @@ class Node:
         if self.owner.can_serve(key):
             entry = self.cache.get(key)
             if entry is not None:
+                self._hit.inc()
+                self._sample(key)
                 return entry, True
         else:
             await self._await_serving(key)
+        self._miss.inc()
         return await self._flights.do(key, lambda: self._fill(key)), False
 
     async def _fill(self, key: str) -> Entry:
         fill = self._fills[key] = _Fill()
+        self.metrics.fills.inc()
+        started = time.perf_counter()
         try:
             record = await self.store.read(key)
         finally:
             del self._fills[key]
+            self._read_seconds.observe(time.perf_counter() - started)
         entry = make_entry(key, record)
         if not fill.invalidated and self.owner.can_serve(key):
             self.cache.put(key, entry)
@@ -202,11 +227,14 @@ class Node:
         return entry
 
     async def _store_and_cache(self, key: str, record: Record) -> None:
+        started = time.perf_counter()
         try:
             stored = await self.store.write(key, record)
         except (StoreUnavailable, WriteIndeterminate):
             self.cache.evict(key)
             raise
+        finally:
+            self._write_seconds.observe(time.perf_counter() - started)
         if stored != record.version:
             self.cache.evict(key)
             log.error("write of %r at %s found newer %s in the store", key, record.version, stored)
@@ -238,6 +266,8 @@ class Node:
     def flush(self, keys: list[str] | None = None, prefix: str | None = None) -> int:
         """Drop cached entries (all, those in ``keys``, or those starting with ``prefix``);
         how many. Safe at any time: the store holds the truth."""
+        for fill in self._fills.values():
+            fill.invalidated = True  # a fill in flight must not refill what was flushed
         if keys is None and prefix is None:
             count = len(self.cache)
             self.cache.clear()
@@ -249,6 +279,46 @@ class Node:
                 self.cache.evict(key)
                 count += 1
         return count
+
+    # -- inconsistency detector -----------------------------------------------------------
+
+    def start_detector(self) -> None:
+        if self.stale_check_every > 0 and self._detector is None:
+            self._detector = asyncio.create_task(self._detect(), name="stale-detector")
+
+    async def stop_detector(self) -> None:
+        if self._detector is not None:
+            self._detector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._detector
+            self._detector = None
+
+    def _sample(self, key: str) -> None:
+        if not self.stale_check_every:
+            return
+        self._hits += 1
+        if self._hits % self.stale_check_every == 0:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._samples.put_nowait(key)
+
+    async def _detect(self) -> None:
+        while True:
+            key = await self._samples.get()
+            with contextlib.suppress(StoreUnavailable):
+                if await self._is_stale(key):
+                    self.metrics.stale_hits.inc()
+                    log.error("stale cache hit detected for %r", key)
+
+    async def _is_stale(self, key: str) -> bool:
+        """True only if the cached entry of ``key`` is certainly older than the store."""
+        before = self.cache.get(key)
+        if before is None or key in self._locks:
+            return False
+        self.metrics.stale_checks.inc()
+        record = await self.store.read(key)
+        unchanged = self.cache.get(key) is before and key not in self._locks
+        stored = record.version if record is not None else ZERO
+        return unchanged and self.owner.can_serve(key) and stored > before.version
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -265,7 +335,10 @@ class Node:
         owner = ring.owner_member(key)
         if owner.node_id != self.node_id:
             raise NotOwner(owner, ring.epoch)
-        if not await self.owner.wait_active(key, self.hold):
+        started = time.perf_counter()
+        active = await self.owner.wait_active(key, self.hold)
+        self.metrics.handoff_wait.observe(time.perf_counter() - started)
+        if not active:
             raise Unavailable("the key's range is being handed over to this node; retry")
 
     def _invalidate_fill(self, key: str) -> None:

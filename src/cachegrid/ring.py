@@ -84,6 +84,18 @@ class Ring:
     def owner_member(self, key: str) -> Member:
         return self.members[self.owner(key)]
 
+    def shares(self) -> dict[str, float]:
+        """Each member's fraction of the hash circle (what it owns of a uniform keyspace)."""
+        if not self._hashes:
+            return {}
+        span = 1 << 64
+        shares: dict[str, float] = {}
+        previous = self._hashes[-1] - span  # the arc before the first point wraps around
+        for point, owner in zip(self._hashes, self._owners, strict=True):
+            shares[owner] = shares.get(owner, 0.0) + (point - previous) / span
+            previous = point
+        return shares
+
     def describe(self) -> dict[str, object]:
         """The JSON shape of ``GET /v1/ring``."""
         return {

@@ -11,6 +11,10 @@ Keys under ``<prefix>/`` (each attached to the node's lease, so a dead node's va
                                        all I do not own under the ring it gave"; written on
                                        each membership change and every ``probe_interval``
                                        (its own events then prove the watch still flows)
+    weights/<node-id>  "<weight>"     the operator's weight for the node (no lease: it
+                                       outlives the node); the node re-registers with it
+    admin/<id>         {"op", ...}    an admin command, under a short lease of its own
+    admin-done/<id>/<node-id>  {...}  the node's result, under the command's lease
 
 Invariants:
 - The ring's epoch is an etcd revision >= every put that built its member set: the change's
@@ -38,11 +42,19 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import orjson
 
-from cachegrid.coord.etcd import Etcd, EtcdCompacted, EtcdUnavailable, KeyValue, WatchEvent
+from cachegrid.coord.etcd import (
+    Etcd,
+    EtcdCompacted,
+    EtcdError,
+    EtcdUnavailable,
+    KeyValue,
+    WatchEvent,
+)
 from cachegrid.coord.ownership import Ownership
 from cachegrid.coord.session import Session
 from cachegrid.ring import DEFAULT_VNODES, Member, Ring
@@ -52,6 +64,8 @@ log = logging.getLogger(__name__)
 # Called after a ring is applied or the lease is lost, before the ack: the node must stop
 # and drop everything that is no longer active (``drop_all``: its whole cache).
 ReleaseFn = Callable[[bool], Awaitable[None]]
+# Called with each admin command record; returns the node's result, stored for the issuer.
+AdminFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,7 @@ class Coordinator:
         settings: CoordSettings,
         *,
         on_release: ReleaseFn | None = None,
+        on_admin: AdminFn | None = None,
         on_change: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -91,6 +106,7 @@ class Coordinator:
         self.session: Session | None = None
         self._etcd = etcd
         self._on_release = on_release
+        self._on_admin = on_admin
         self._on_change = on_change or (lambda: None)
         self._clock = clock
         prefix = settings.prefix.encode()
@@ -98,6 +114,9 @@ class Coordinator:
         self._members_prefix = prefix + b"/members/"
         self._acks_prefix = prefix + b"/acks/"
         self._ack_key = self._acks_prefix + settings.node_id.encode()
+        self._weight_key = prefix + b"/weights/" + settings.node_id.encode()
+        self._admin_prefix = prefix + b"/admin/"
+        self._done_prefix = prefix + b"/admin-done/"
         self._members: dict[str, Member] = {}  # the view, as of applied_revision
         self._changed = asyncio.Condition()  # notified on every applied event or activation
         self._probes: list[tuple[int, float]] = []  # (ack revision, when written), unseen
@@ -194,7 +213,22 @@ class Coordinator:
             clock=self._clock,
         )  # fmt: skip
         await session.start()
-        self.incarnation = uuid.uuid4().hex[:12]
+        previous = self.session
+        self.session = session
+        try:
+            _, weight = await self._etcd.get(self._weight_key)
+            if weight is not None:
+                self._set_weight(weight.value)
+            self.incarnation = uuid.uuid4().hex[:12]
+            await self._put_member()
+        except BaseException:
+            self.session = previous
+            await session.close(revoke=True)  # or its keep-alive loop would run on, orphaned
+            raise
+
+    async def _put_member(self) -> None:
+        session = self.session
+        assert session is not None
         record = {
             "addr": self.settings.addr,
             "weight": self.settings.weight,
@@ -202,7 +236,18 @@ class Coordinator:
         }
         key = self._members_prefix + self.settings.node_id.encode()
         await self._etcd.put(key, orjson.dumps(record), lease=session.lease_id)
-        self.session = session
+
+    def _set_weight(self, raw: bytes) -> bool:
+        """Adopt the operator's weight; True if it changed."""
+        try:
+            weight = int(raw)
+        except ValueError:
+            log.error("ignoring malformed weight %r", raw[:50])
+            return False
+        if weight < 0 or weight == self.settings.weight:
+            return False
+        self.settings = replace(self.settings, weight=weight)
+        return True
 
     async def _lease_loop(self) -> None:
         """When the lease is lost: serve nothing, drop everything, register anew."""
@@ -227,7 +272,7 @@ class Coordinator:
         newest_put = 0
         for item in snapshot.items:
             if item.key.startswith(self._members_prefix):
-                self._put_member(item)
+                self._read_member(item)
                 newest_put = max(newest_put, item.mod_revision)
         current = self.ownership.current
         if current is None or newest_put > current.epoch:
@@ -261,16 +306,22 @@ class Coordinator:
     async def _apply_event(self, event: WatchEvent) -> None:
         if event.key.startswith(self._members_prefix):
             if event.kind == "put":
-                self._put_member(KeyValue(event.key, event.value, 0, event.revision, event.lease))
+                self._read_member(KeyValue(event.key, event.value, 0, event.revision, event.lease))
             else:
                 self._members.pop(event.key[len(self._members_prefix) :].decode(), None)
             await self._apply_ring(event.revision)
+        elif event.key == self._weight_key and event.kind == "put":
+            if self._set_weight(event.value) and self.session and self.session.alive():
+                with contextlib.suppress(EtcdUnavailable):
+                    await self._put_member()  # its own event then changes the ring
+        elif event.key.startswith(self._admin_prefix) and event.kind == "put":
+            await self._run_admin(event)
         # Only now, with the ring applied and released, does the event count as applied.
         self.applied_revision = event.revision
         async with self._changed:
             self._changed.notify_all()
 
-    def _put_member(self, item: KeyValue) -> None:
+    def _read_member(self, item: KeyValue) -> None:
         node_id = item.key[len(self._members_prefix) :].decode()
         try:
             record = orjson.loads(item.value)
@@ -287,6 +338,21 @@ class Coordinator:
         self._on_change()
         await self._release(drop_all=False)
         await self._ack(epoch)
+
+    async def _run_admin(self, event: WatchEvent) -> None:
+        """Carry out an admin command and leave the result for its issuer."""
+        if self._on_admin is None:
+            return
+        try:
+            command = orjson.loads(event.value)
+            result = await self._on_admin(command)
+        except Exception as error:  # a bad command must not stop the watch
+            log.exception("admin command %r failed", event.value[:200])
+            result = {"status": "failed", "error": repr(error)}
+        command_id = event.key[len(self._admin_prefix) :]
+        done = self._done_prefix + command_id + b"/" + self.settings.node_id.encode()
+        with contextlib.suppress(EtcdUnavailable, EtcdError):
+            await self._etcd.put(done, orjson.dumps(result), lease=event.lease or None)
 
     async def _release(self, *, drop_all: bool) -> None:
         if self._on_release is not None:

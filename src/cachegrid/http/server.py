@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ from cachegrid.errors import (
 )
 from cachegrid.forward import HOPS_HEADER, Forwarder
 from cachegrid.keys import check_key
+from cachegrid.metrics import Metrics
 from cachegrid.node import ANY, Condition, Node, NotOwner
 from cachegrid.version import Version
 
@@ -77,12 +79,13 @@ class Api:
             ("/v1/ring", {"GET": self.ring}),
             ("/healthz", {"GET": self.healthz}),
             ("/readyz", {"GET": self.readyz}),
+            ("/metrics", {"GET": self.metrics_page}),
         ]
-        for path, methods in table:
-            for method, handler in methods.items():
-                app.router.add_route(method, path, guarded(handler, self.node_id))
-            app.router.add_route("*", path, method_not_allowed(sorted(methods)))
-        app.router.add_route("*", "/{tail:.*}", not_found)
+        add_table(app, table, self.node_id, self.node.metrics)
+
+    async def metrics_page(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self.node.metrics.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4"})  # fmt: skip
 
     # -- key-value --------------------------------------------------------------------
 
@@ -190,6 +193,7 @@ class Api:
         self, request: web.Request, moved: NotOwner, body: bytes = b""
     ) -> web.Response:
         headers = {h: request.headers[h] for h in FORWARDED if h in request.headers}
+        self.node.metrics.forwarded.inc()
         answer = await self.forwarder.forward(
             request.method, moved.owner.addr, request.path_qs,
             hops=hops(request), body=body, headers=headers,
@@ -299,21 +303,49 @@ def json_response(document: Any, node_id: str) -> web.Response:
     )
 
 
-def guarded(handler: Handler, node_id: str) -> Handler:
-    """The handler, with every error turned into its JSON response."""
+def add_table(
+    app: web.Application,
+    table: list[tuple[str, dict[str, Handler]]],
+    node_id: str,
+    metrics: Metrics,
+) -> None:
+    """Add every (path, {method: handler}), each with a JSON 405 for other methods, and a
+    JSON 404 for every other path."""
+    for path, methods in table:
+        for method, handler in methods.items():
+            route = f"{method} {path}"
+            app.router.add_route(method, path, guarded(handler, node_id, route, metrics))
+        app.router.add_route("*", path, method_not_allowed(sorted(methods)))
+
+
+def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics) -> Handler:
+    """The handler, with every error turned into its JSON response, and measured."""
+    latency = {cache: metrics.requests.labels(route, cache) for cache in ("hit", "miss", "")}
+    responses: dict[int, Any] = {}
+
+    def record(status: int, cache: str, started: float) -> None:
+        latency[cache].observe(time.perf_counter() - started)
+        counter = responses.get(status)
+        if counter is None:
+            counter = responses[status] = metrics.responses.labels(route, str(status))
+        counter.inc()
 
     async def run(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         try:
-            return await handler(request)
+            response = await handler(request)
         except CachegridError as error:
-            return error_response(error, node_id)
+            response = error_response(error, node_id)
         except Exception:
             log.exception("bug: unexpected error in %s %s", request.method, request.path)
-            return web.Response(
+            response = web.Response(
                 status=500,
                 body=b'{"error":{"code":"internal","message":"internal error"}}',
                 content_type=JSON,
             )
+        cache = response.headers.get("X-Cache", "")
+        record(response.status, cache if cache in latency else "", started)
+        return response
 
     return run
 
@@ -326,6 +358,11 @@ def method_not_allowed(allowed: list[str]) -> Handler:
         return response
 
     return answer
+
+
+def add_not_found(app: web.Application) -> None:
+    """The JSON 404 for every path no route took; add it after every other route."""
+    app.router.add_route("*", "/{tail:.*}", not_found)
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:

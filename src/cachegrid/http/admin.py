@@ -1,0 +1,244 @@
+"""The admin HTTP API of a node (/admin/...), behind a bearer token.
+
+Owns: authentication of operators, and turning admin requests into cluster-wide commands
+(cachegrid.admin), weight changes, or local work (status, repair). No cache logic here.
+
+Routes (JSON bodies):
+    GET  /admin/status[?scope=cluster]   this node's status, or every live node's
+    GET  /admin/ring                     the ring, with each member's share of the keyspace
+    POST /admin/flush      {"all": true} | {"prefix": "p"} | {"keys": [...]}
+    POST /admin/rebalance  {"weights": {"<node-id>": <int>, ...}}
+    POST /admin/drain      {"node": "<node-id>"}          (weight 0: it then owns nothing)
+    POST /admin/repair     anti-entropy over the store replicas
+
+Invariants:
+- The token is compared in constant time; with no token configured, every admin route
+  answers 403, so an admin API is never open by accident.
+- flush, rebalance and drain answer only once every live node has applied them (or lost its
+  lease, or ``wait`` seconds passed), with a result per node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from cachegrid.admin import Admin
+from cachegrid.coord.coordinator import Coordinator
+from cachegrid.errors import BadRequest, CachegridError, Forbidden, Unauthorized
+from cachegrid.forward import Forwarder
+from cachegrid.http.server import JSON, Handler, add_table, json_response
+from cachegrid.keys import check_key
+from cachegrid.node import Node
+from cachegrid.store import QuorumStore
+
+DEFAULT_WAIT = 15.0  # seconds an admin request waits for the cluster
+
+
+class AdminApi:
+    def __init__(
+        self,
+        node: Node,
+        coordinator: Coordinator,
+        admin: Admin,
+        store: QuorumStore,
+        forwarder: Forwarder,
+        token: str,
+    ) -> None:
+        self.node = node
+        self.node_id = node.node_id
+        self.coordinator = coordinator
+        self.admin = admin
+        self.store = store
+        self.forwarder = forwarder
+        self._token = token.encode()
+
+    def add_routes(self, app: web.Application) -> None:
+        table: list[tuple[str, dict[str, Handler]]] = [
+            ("/admin/status", {"GET": self._auth(self.status)}),
+            ("/admin/ring", {"GET": self._auth(self.ring)}),
+            ("/admin/flush", {"POST": self._auth(self.flush)}),
+            ("/admin/rebalance", {"POST": self._auth(self.rebalance)}),
+            ("/admin/drain", {"POST": self._auth(self.drain)}),
+            ("/admin/repair", {"POST": self._auth(self.repair)}),
+        ]
+        add_table(app, table, self.node_id, self.node.metrics)
+
+    # -- commands run on every node (from the etcd stream) -------------------------------
+
+    async def apply_command(self, command: dict[str, Any]) -> dict[str, Any]:
+        """This node's part of a cluster-wide command (the coordinator calls it)."""
+        if command.get("op") != "flush":
+            return {"status": "ignored", "reason": f"unknown op {command.get('op')!r}"}
+        args = command.get("args", {})
+        flushed = self.node.flush(keys=args.get("keys"), prefix=args.get("prefix"))
+        return {"status": "applied", "flushed": flushed}
+
+    # -- routes -------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("scope") == "cluster":
+            members = await self.admin.live_members()
+            statuses = await asyncio.gather(
+                *(self._remote_status(node, record["addr"]) for node, record in members.items())
+            )
+            return json_response({"nodes": dict(zip(members, statuses, strict=True))},
+                                 self.node_id)  # fmt: skip
+        return json_response(self.local_status(), self.node_id)
+
+    def local_status(self) -> dict[str, Any]:
+        cache = self.node.cache
+        ring = self.coordinator.ring
+        return {
+            **self.coordinator.status(),
+            "weights": {m.node_id: m.weight for m in ring.members.values()} if ring else {},
+            "cache": {
+                "entries": len(cache),
+                "bytes": cache.bytes,
+                "max_bytes": cache.max_bytes,
+                "evictions": cache.evictions,
+            },
+            "replicas": self.store.health(),
+        }
+
+    async def ring(self, request: web.Request) -> web.StreamResponse:
+        ring = self.coordinator.ring
+        if ring is None:
+            return json_response({"epoch": None, "members": []}, self.node_id)
+        description = ring.describe()
+        shares = ring.shares()
+        for member in description["members"]:  # type: ignore[attr-defined]
+            member["share"] = round(shares.get(member["id"], 0.0), 4)
+        return json_response(description, self.node_id)
+
+    async def flush(self, request: web.Request) -> web.StreamResponse:
+        body = await read_object(request)
+        args = flush_args(body)
+        result = await self.admin.run("flush", args, wait_of(body))
+        return json_response(result, self.node_id)
+
+    async def rebalance(self, request: web.Request) -> web.StreamResponse:
+        body = await read_object(request)
+        weights = body.get("weights")
+        if (
+            not isinstance(weights, dict)
+            or not weights
+            or not all(
+                isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= 100
+                for w in weights.values()
+            )
+        ):
+            raise BadRequest('"weights" must map node ids to integers from 0 to 100')
+        return json_response(await self._set_weights(weights, wait_of(body)), self.node_id)
+
+    async def drain(self, request: web.Request) -> web.StreamResponse:
+        body = await read_object(request)
+        node = body.get("node")
+        if not isinstance(node, str):
+            raise BadRequest('"node" must name a node id')
+        return json_response(await self._set_weights({node: 0}, wait_of(body)), self.node_id)
+
+    async def repair(self, request: web.Request) -> web.StreamResponse:
+        report = await self.store.repair()
+        return json_response(
+            {"keys_checked": report.keys_checked, "copies_written": report.copies_written,
+             "unreachable": report.unreachable}, self.node_id,
+        )  # fmt: skip
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _set_weights(self, weights: dict[str, int], wait: float) -> dict[str, Any]:
+        """Persist the weights, then wait until every live node applied and activated them."""
+        members = await self.admin.live_members()
+        unknown = sorted(set(weights) - set(members))
+        if unknown:
+            raise BadRequest(f"no live node named {', '.join(unknown)}")
+        for node, weight in weights.items():
+            await self.admin.set_weight(node, weight)
+        deadline = time.monotonic() + wait
+        while True:
+            statuses = {node: await self._remote_status(node, record["addr"])
+                        for node, record in members.items()}  # fmt: skip
+            done = {node: _settled(status, weights) for node, status in statuses.items()}
+            if all(done.values()) or time.monotonic() >= deadline:
+                return {"weights": weights, "nodes": {
+                    node: {"status": "applied" if done[node] else "timeout",
+                           "ring_epoch": statuses[node].get("ring_epoch")}
+                    for node in statuses}}  # fmt: skip
+            await asyncio.sleep(0.1)
+
+    async def _remote_status(self, node: str, addr: str) -> dict[str, Any]:
+        if node == self.node_id:
+            return self.local_status()
+        try:
+            answer = await self.forwarder.forward(
+                "GET", addr, "/admin/status", hops=0,
+                headers={"Authorization": f"Bearer {self._token.decode()}"},
+            )  # fmt: skip
+        except CachegridError as error:
+            return {"error": error.message}
+        if answer.status != 200:
+            return {"error": f"HTTP {answer.status}"}
+        status: dict[str, Any] = orjson.loads(answer.body)
+        return status
+
+    def _auth(self, handler: Handler) -> Handler:
+        async def checked(request: web.Request) -> web.StreamResponse:
+            if not self._token:
+                raise Forbidden("the admin API is disabled: set node.admin_token")
+            supplied = request.headers.get("Authorization", "")
+            scheme, _, token = supplied.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self._token):
+                raise Unauthorized("a valid 'Authorization: Bearer <token>' is required")
+            return await handler(request)
+
+        return checked
+
+
+def _settled(status: dict[str, Any], weights: dict[str, int]) -> bool:
+    """True once a node's ring carries ``weights`` and it has activated that ring."""
+    current = status.get("weights", {})
+    return (
+        all(current.get(node) == weight for node, weight in weights.items() if node in current)
+        and not status.get("pending_epochs")
+        and status.get("activated_epoch") is not None
+    )
+
+
+async def read_object(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    if request.content_type != JSON:
+        raise BadRequest(f"Content-Type must be {JSON}")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"the body is not valid JSON: {error}") from error
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def flush_args(body: dict[str, Any]) -> dict[str, Any]:
+    if body.get("all") is True:
+        return {}
+    if isinstance(body.get("prefix"), str):
+        return {"prefix": body["prefix"]}
+    keys = body.get("keys")
+    if isinstance(keys, list) and keys and all(isinstance(k, str) for k in keys):
+        for key in keys:
+            check_key(key)
+        return {"keys": keys}
+    raise BadRequest('flush what? {"all": true}, {"prefix": "..."} or {"keys": [...]}')
+
+
+def wait_of(body: dict[str, Any]) -> float:
+    wait = body.get("wait", DEFAULT_WAIT)
+    if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 < wait <= 300:
+        raise BadRequest('"wait" must be a number of seconds from 0 to 300')
+    return float(wait)
