@@ -1,6 +1,9 @@
 """cachegrid: a write-through, linearizable cache over a quorum-replicated store.
 
-See DESIGN.md in the repository for the architecture and the safety argument.
+See docs/architecture.md for the architecture and the safety argument.
 """
 
+from cachegrid.client import Client, Item
+
+__all__ = ["Client", "Item"]
 __version__ = "0.1.0"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from pathlib import Path
 
 import click
 
-from cachegrid import app, cluster, config
+from cachegrid import admin_client, app, cluster, config
 
 
 @click.group()
@@ -110,3 +111,89 @@ def up(nodes: int, replicas: int, data_dir: Path, base_port: int, appendfsync: s
         cluster.run(local)
     except RuntimeError as error:
         raise click.ClickException(str(error)) from error
+
+
+@main.group()
+@click.option("--url", help="A node's URL (default: the first node of --cluster).")
+@click.option("--token", help="The admin token (default: from --cluster).")
+@click.option(
+    "--cluster",
+    "cluster_json",
+    default=".cluster/cluster.json",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="cluster.json of cachegrid up.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")
+@click.pass_context
+def admin(
+    ctx: click.Context, url: str | None, token: str | None, cluster_json: Path, as_json: bool
+) -> None:
+    """Operate a cluster through a node's admin API."""
+    ctx.obj = {"url": url, "token": token, "cluster": cluster_json, "json": as_json}
+
+
+def _admin(ctx: click.Context, method: str, path: str, body: object, render) -> None:  # noqa: ANN001
+    options = ctx.obj
+    try:
+        url, token = admin_client.target(options["url"], options["token"], options["cluster"])
+        answer = admin_client.call(url, token, method, path, body)
+    except admin_client.AdminError as error:
+        raise click.ClickException(error.message) from error
+    click.echo(json.dumps(answer, indent=2) if options["json"] else render(answer))
+
+
+@admin.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Every live node: lease slack, epochs, cache, replicas."""
+    _admin(ctx, "GET", "/admin/status?scope=cluster", None, admin_client.render_status)
+
+
+@admin.command()
+@click.pass_context
+def ring(ctx: click.Context) -> None:
+    """The ring: members, weights and shares of the keyspace."""
+    _admin(ctx, "GET", "/admin/ring", None, admin_client.render_ring)
+
+
+@admin.command()
+@click.option("--all", "everything", is_flag=True, help="Flush every cached entry.")
+@click.option("--prefix", help="Flush the keys starting with this.")
+@click.option("--key", "keys", multiple=True, help="Flush this key (repeatable).")
+@click.pass_context
+def flush(ctx: click.Context, everything: bool, prefix: str | None, keys: tuple[str, ...]) -> None:
+    """Drop cached entries on every node (the store keeps the data)."""
+    if sum((everything, prefix is not None, bool(keys))) != 1:
+        raise click.UsageError("give exactly one of --all, --prefix, --key")
+    body = {"all": True} if everything else {"prefix": prefix} if prefix else {"keys": list(keys)}
+    _admin(ctx, "POST", "/admin/flush", body, admin_client.render_nodes)
+
+
+@admin.command()
+@click.argument("weights", nargs=-1, required=True)
+@click.pass_context
+def rebalance(ctx: click.Context, weights: tuple[str, ...]) -> None:
+    """Set node weights, as NODE=WEIGHT ...; waits until every node applied them."""
+    parsed = {}
+    for item in weights:
+        node_id, _, weight = item.partition("=")
+        if not weight.isdigit():
+            raise click.UsageError(f"{item!r}: expected NODE=WEIGHT")
+        parsed[node_id] = int(weight)
+    _admin(ctx, "POST", "/admin/rebalance", {"weights": parsed}, admin_client.render_nodes)
+
+
+@admin.command()
+@click.argument("node_id")
+@click.pass_context
+def drain(ctx: click.Context, node_id: str) -> None:
+    """Move every key away from NODE_ID (weight 0), so it can be stopped without errors."""
+    _admin(ctx, "POST", "/admin/drain", {"node": node_id}, admin_client.render_nodes)
+
+
+@admin.command()
+@click.pass_context
+def repair(ctx: click.Context) -> None:
+    """Anti-entropy: copy the newest record of every key to every lagging replica."""
+    _admin(ctx, "POST", "/admin/repair", None, admin_client.render_repair)

@@ -1,7 +1,10 @@
 """The admin API and operations, end to end on clusters of real processes."""
 
 import asyncio
+import json
 import random
+import subprocess
+import sys
 
 import aiohttp
 import orjson
@@ -193,3 +196,23 @@ async def test_metrics_and_the_inconsistency_detector(http, fresh_cluster) -> No
         await asyncio.sleep(0.05)
     _, _, text = await call(http, "GET", f"{owner}/metrics")
     assert "cachegrid_stale_hits_total 0.0" not in text
+
+
+def test_the_admin_cli_prints_tables_json_and_clear_errors(cluster) -> None:
+    base = [sys.executable, "-m", "cachegrid", "admin", "--url", cluster.urls[0]]
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [*base, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    status = run("--token", cluster.admin_token, "status")
+    assert status.returncode == 0, status.stderr
+    assert [line.split()[0] for line in status.stdout.splitlines()[1:]] == [
+        "node0", "node1", "node2",
+    ]  # fmt: skip
+    ring = run("--token", cluster.admin_token, "--json", "ring")
+    assert len(json.loads(ring.stdout)["members"]) == 3
+    denied = run("--token", "wrong", "status")
+    assert denied.returncode == 1
+    assert "HTTP 401" in denied.stderr
+    usage = run("--token", cluster.admin_token, "flush")
+    assert usage.returncode == 2
+    assert "exactly one of --all, --prefix, --key" in usage.stderr

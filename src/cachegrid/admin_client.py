@@ -1,0 +1,96 @@
+"""What ``cachegrid admin`` does: call a node's /admin API and render the answer.
+
+Owns: finding the node and token (flags, or ``cluster.json`` from ``cachegrid up``), the
+HTTP calls, and the plain-text tables. Uses only the public admin API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from cachegrid.errors import CachegridError
+
+
+class AdminError(CachegridError):
+    code = "admin_error"
+
+
+def target(url: str | None, token: str | None, cluster_json: Path) -> tuple[str, str]:
+    """The node URL and token to use: the flags, else the first node of cluster.json."""
+    if url and token:
+        return url.rstrip("/"), token
+    try:
+        manifest = json.loads(cluster_json.read_text())
+    except (OSError, ValueError) as error:
+        raise AdminError(
+            f"give --url and --token, or a readable {cluster_json}: {error}"
+        ) from error
+    nodes = manifest.get("nodes") or []
+    if not nodes and not url:
+        raise AdminError(f"{cluster_json} lists no node: give --url")
+    return (url or nodes[0]["url"]).rstrip("/"), token or manifest["admin_token"]
+
+
+def call(url: str, token: str, method: str, path: str, body: Any = None) -> Any:
+    """One admin request; its JSON answer. AdminError with the server's message if not 200."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}{path}", data=data, method=method)
+    request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            detail = json.loads(detail)["error"]["message"]
+        raise AdminError(f"HTTP {error.code}: {detail}") from error
+    except OSError as error:
+        raise AdminError(f"cannot reach {url}: {error}") from error
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers, *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)  # fmt: skip
+
+
+def render_status(answer: dict[str, Any]) -> str:
+    rows = []
+    for node, status in sorted(answer["nodes"].items()):
+        if "error" in status:
+            rows.append([node, "unreachable", status["error"], "", "", "", ""])
+            continue
+        cache = status["cache"]
+        replicas = status["replicas"]
+        up = sum(1 for r in replicas if r["up"])
+        rows.append([node, status["lease_slack_seconds"], status["ring_epoch"],
+                     status["activated_epoch"], cache["entries"], cache["bytes"],
+                     f"{up}/{len(replicas)}"])  # fmt: skip
+    return table(["node", "lease slack s", "ring epoch", "active epoch", "entries", "bytes",
+                  "replicas up"], rows)  # fmt: skip
+
+
+def render_ring(answer: dict[str, Any]) -> str:
+    rows = [[m["id"], m["addr"], m["weight"], f"{m['share']:.1%}"] for m in answer["members"]]
+    return f"epoch {answer['epoch']}\n" + table(["node", "addr", "weight", "share"], rows)
+
+
+def render_nodes(answer: dict[str, Any]) -> str:
+    rows = [[node, result.get("status"), ", ".join(f"{k}={v}" for k, v in result.items()
+                                                 if k != "status")]
+            for node, result in sorted(answer["nodes"].items())]  # fmt: skip
+    return table(["node", "result", "details"], rows)
+
+
+def render_repair(answer: dict[str, Any]) -> str:
+    unreachable = ", ".join(answer["unreachable"]) or "none"
+    return (f"keys checked: {answer['keys_checked']}\ncopies written: {answer['copies_written']}"
+            f"\nunreachable replicas: {unreachable}")  # fmt: skip
