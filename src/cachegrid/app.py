@@ -66,7 +66,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     app = web.Application(client_max_size=config.store.max_value_bytes + ENVELOPE_BYTES)
     Api(node, coordinator, forwarder, max_key_bytes=config.store.max_key_bytes,
         max_value_bytes=config.store.max_value_bytes,
-        max_batch=settings.max_batch_keys).add_routes(app)  # fmt: skip
+        max_batch=settings.max_batch_keys,
+        max_in_flight=settings.max_in_flight_requests).add_routes(app)  # fmt: skip
     admin_api.add_routes(app)
     add_not_found(app)
     add_gauges(metrics, coordinator, node, store)

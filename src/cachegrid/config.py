@@ -96,6 +96,8 @@ class NodeConfig:
     cache_max_bytes: int = 256 * 1024 * 1024
     # Keys in one POST /v1/kv:batchGet at most.
     max_batch_keys: int = 1000
+    # Requests of the public API in progress at once at most; more get 429 at once.
+    max_in_flight_requests: int = 4096
     # Bearer token of the /admin API (empty: the admin API is disabled).
     admin_token: str = ""
     # The inconsistency detector re-reads one cache hit in this many from the store (0: off).
@@ -115,6 +117,7 @@ class NodeConfig:
                  if v and not _addr(v)]  # fmt: skip
         found += _positive("node", self, "lease_ttl", "handoff_hold", "forward_timeout")
         found += _positive("node", self, "cache_max_entries", "cache_max_bytes", "max_batch_keys")
+        found += _positive("node", self, "max_in_flight_requests")
         if self.weight < 0:
             found.append("node.weight: must be >= 0")
         if self.stale_check_every < 0:

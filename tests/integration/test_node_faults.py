@@ -63,3 +63,41 @@ async def test_one_store_replica_down_stops_neither_reads_nor_writes(fresh_clust
                 assert (status, orjson.loads(body)["value"]) == (200, i * 10)
             else:
                 assert status == 404
+
+
+async def test_hits_need_no_store_at_all(fresh_cluster) -> None:
+    """The hot path does no I/O: with every store replica paused, cached keys are still
+    served by their owners, while a miss cannot be (it gets a 503, not a hang)."""
+    cluster = fresh_cluster()
+    async with aiohttp.ClientSession() as http:
+        _, _, body = await get(http, f"{cluster.urls[0]}/v1/ring")
+        ring = Ring.from_description(orjson.loads(body))
+        owners = {f"hot-{i}": cluster.urls[int(ring.owner(f"hot-{i}")[-1])] for i in range(10)}
+        for key, owner in owners.items():
+            assert (await put(http, f"{owner}/v1/kv/{key}", key))[0] == 200
+        for replica in cluster.redis:
+            replica.pause()
+        try:
+            for key, owner in owners.items():
+                status, headers, body = await get(http, f"{owner}/v1/kv/{key}")
+                assert (status, headers["X-Cache"]) == (200, "hit")
+                assert orjson.loads(body)["value"] == key
+            status, _, _ = await get(http, f"{cluster.urls[0]}/v1/kv/never-cached")
+            assert status == 503
+        finally:
+            for replica in cluster.redis:
+                replica.resume()
+
+
+async def test_overload_is_shed_with_429_not_queued(fresh_cluster) -> None:
+    cluster = fresh_cluster(node_config="max_in_flight_requests = 2\n")
+    url = cluster.urls[0]
+    async with aiohttp.ClientSession() as http:
+        answers = await asyncio.gather(*(get(http, f"{url}/v1/kv/miss-{i}") for i in range(60)))
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) <= {404, 429, 503}
+    assert 429 in statuses
+    assert 404 in statuses
+    shed = next(a for a in answers if a[0] == 429)
+    assert shed[1]["Retry-After"] == "1"
+    assert orjson.loads(shed[2])["error"]["code"] == "overloaded"

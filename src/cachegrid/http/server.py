@@ -31,6 +31,7 @@ from cachegrid.errors import (
     CachegridError,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
     TooLarge,
     Unavailable,
     UnsupportedMediaType,
@@ -52,6 +53,15 @@ ENVELOPE_BYTES = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class Admission:
+    """Bounds the requests a node works on at once; past the bound, 429 at once, so that
+    overload sheds requests instead of queueing them into timeouts."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.current = 0  # requests admitted and not yet answered
+
+
 class Api:
     def __init__(
         self,
@@ -62,8 +72,10 @@ class Api:
         max_key_bytes: int,
         max_value_bytes: int,
         max_batch: int = 1000,
+        max_in_flight: int = 4096,
     ) -> None:
         self.node = node
+        self.admission = Admission(max_in_flight)
         self.coordinator = coordinator
         self.forwarder = forwarder
         self.max_key_bytes = max_key_bytes
@@ -73,15 +85,18 @@ class Api:
 
     def add_routes(self, app: web.Application) -> None:
         """Every route, each with a JSON 405 for other methods; a JSON 404 for the rest."""
-        table: list[tuple[str, dict[str, Handler]]] = [
+        public: list[tuple[str, dict[str, Handler]]] = [
             ("/v1/kv/{key:.*}", {"GET": self.get, "PUT": self.put, "DELETE": self.delete}),
             ("/v1/kv:batchGet", {"POST": self.batch_get}),
             ("/v1/ring", {"GET": self.ring}),
+        ]
+        operations: list[tuple[str, dict[str, Handler]]] = [
             ("/healthz", {"GET": self.healthz}),
             ("/readyz", {"GET": self.readyz}),
             ("/metrics", {"GET": self.metrics_page}),
         ]
-        add_table(app, table, self.node_id, self.node.metrics)
+        add_table(app, public, self.node_id, self.node.metrics, self.admission)
+        add_table(app, operations, self.node_id, self.node.metrics)
 
     async def metrics_page(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self.node.metrics.render(),
@@ -290,7 +305,7 @@ def error_response(error: CachegridError, node_id: str, cache: str | None = None
     headers = {NODE_HEADER: node_id}
     if cache is not None:
         headers["X-Cache"] = cache
-    if error.status == 503:
+    if error.status in (429, 503):
         headers["Retry-After"] = "1"
     return web.Response(
         status=error.status, body=error_body(error), content_type=JSON, headers=headers
@@ -308,18 +323,21 @@ def add_table(
     table: list[tuple[str, dict[str, Handler]]],
     node_id: str,
     metrics: Metrics,
+    admission: Admission | None = None,
 ) -> None:
-    """Add every (path, {method: handler}), each with a JSON 405 for other methods, and a
-    JSON 404 for every other path."""
+    """Add every (path, {method: handler}), each with a JSON 405 for other methods."""
     for path, methods in table:
         for method, handler in methods.items():
-            route = f"{method} {path}"
-            app.router.add_route(method, path, guarded(handler, node_id, route, metrics))
+            wrapped = guarded(handler, node_id, f"{method} {path}", metrics, admission)
+            app.router.add_route(method, path, wrapped)
         app.router.add_route("*", path, method_not_allowed(sorted(methods)))
 
 
-def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics) -> Handler:
-    """The handler, with every error turned into its JSON response, and measured."""
+def guarded(
+    handler: Handler, node_id: str, route: str, metrics: Metrics, admission: Admission | None
+) -> Handler:
+    """The handler, with every error turned into its JSON response, measured, and (with
+    ``admission``) refused with 429 while the node already works on too many requests."""
     latency = {cache: metrics.requests.labels(route, cache) for cache in ("hit", "miss", "")}
     responses: dict[int, Any] = {}
 
@@ -332,6 +350,12 @@ def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics) -> Han
 
     async def run(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
+        if admission is not None:
+            if admission.current >= admission.limit:
+                response = error_response(Overloaded("too many requests in flight"), node_id)
+                record(response.status, "", started)
+                return response
+            admission.current += 1
         try:
             response = await handler(request)
         except CachegridError as error:
@@ -343,6 +367,9 @@ def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics) -> Han
                 body=b'{"error":{"code":"internal","message":"internal error"}}',
                 content_type=JSON,
             )
+        finally:
+            if admission is not None:
+                admission.current -= 1
         cache = response.headers.get("X-Cache", "")
         record(response.status, cache if cache in latency else "", started)
         return response
