@@ -96,8 +96,14 @@ async def test_flush_all_prefix_and_keys_on_every_node(http, cluster) -> None:
     _, _, result = await call(http, "POST", f"{cluster.urls[1]}/admin/flush",
                               json={"keys": ["fl-b-1", "fl-b-2"]}, token=token)  # fmt: skip
     assert sum(n["flushed"] for n in result["nodes"].values()) == 2
+    stop, errors = asyncio.Event(), []
+    traffic = asyncio.create_task(load(http, cluster.urls, ["fl-load-1", "fl-load-2"], stop,
+                                       errors))  # fmt: skip
     _, _, result = await call(http, "POST", f"{cluster.urls[1]}/admin/flush",
                               json={"all": True}, token=token)  # fmt: skip
+    stop.set()
+    await traffic
+    assert errors == []  # a flush under load costs misses, never errors
     assert sorted(result["nodes"]) == ["node0", "node1", "node2"]
     assert await cache_of("fl-b-5") == "miss"
     assert (await call(http, "POST", f"{cluster.urls[1]}/admin/flush", json={}, token=token))[

@@ -1,0 +1,1 @@
+"""Linearizability, checked: history recording (history.py) and the checker (checker.py)."""
