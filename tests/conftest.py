@@ -110,9 +110,19 @@ class Cluster:
 
 
 def start_cluster(
-    base: Path, ports: PortAllocator, *, nodes: int = 3, replicas: int = 3, node_config: str = ""
+    base: Path,
+    ports: PortAllocator,
+    *,
+    nodes: int = 3,
+    replicas: int = 3,
+    node_config: str = "",
+    etcd_via: Callable[[str], dict[int, str]] | None = None,
 ) -> Cluster:
-    """Start a whole cluster; the caller stops it (``Cluster.stop``)."""
+    """Start a whole cluster; the caller stops it (``Cluster.stop``).
+
+    ``etcd_via(etcd_endpoint)`` may map node indexes to another etcd endpoint for them
+    (a fault-injecting proxy in front of etcd).
+    """
     etcd = etcd_cluster(base / "etcd", ports, 1)
     redis = [RedisServer(base / f"redis{i}", ports.take()) for i in range(replicas)]
     base.mkdir(parents=True, exist_ok=True)
@@ -125,8 +135,12 @@ def start_cluster(
         f'[node]\nlease_ttl = 2\nlease_margin = 0.3\nadmin_token = "{cluster.admin_token}"\n'
         + node_config
     )
+    configs = [config] * nodes
+    for index, endpoint in (etcd_via(etcd[0].endpoint) if etcd_via else {}).items():
+        configs[index] = base / f"node{index}.toml"
+        configs[index].write_text(config.read_text().replace(etcd[0].endpoint, endpoint))
     cluster.nodes = [
-        NodeProcess(base / f"node{i}", f"node{i}", ports.take(), config) for i in range(nodes)
+        NodeProcess(base / f"node{i}", f"node{i}", ports.take(), configs[i]) for i in range(nodes)
     ]
     try:
         start_all([*etcd, *redis])

@@ -30,7 +30,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from cachegrid import errors
+from cachegrid import errors, httpclient
 from cachegrid.ring import Ring
 
 JSON = "application/json"
@@ -210,7 +210,7 @@ class Client:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._session = httpclient.session(timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self._session
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from cachegrid import httpclient
 from cachegrid.errors import Indeterminate, Unavailable
 
 HOPS_HEADER = "X-Cachegrid-Hops"
@@ -42,7 +43,7 @@ class Forwarder:
         connector = aiohttp.TCPConnector(
             limit=self.max_connections, keepalive_timeout=30, enable_cleanup_closed=True
         )
-        self._session = aiohttp.ClientSession(
+        self._session = httpclient.session(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             auto_decompress=False,

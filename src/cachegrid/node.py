@@ -137,7 +137,9 @@ class Node:
         self.cache = cache
         self.hold = hold  # seconds a request waits for its key's range to activate
         self._flights: Group[Entry] = Group()
-        self._fills: dict[str, _Fill] = {}  # fills in flight, by key
+        # The newest fill in flight per key. An older one for the same key exists only if a
+        # write detached it, and then it is invalidated already.
+        self._fills: dict[str, _Fill] = {}
         self._locks: dict[str, asyncio.Lock] = {}  # writes in flight or queued, by key
         self._waiters: dict[str, int] = {}  # how many writes use each lock
         self._seq = 0
@@ -183,7 +185,10 @@ class Node:
         try:
             record = await self.store.read(key)
         finally:
-            del self._fills[key]
+            # A write may have detached this fill and a newer one taken its place: remove
+            # only our own. (A detached fill is already invalidated: nothing is lost.)
+            if self._fills.get(key) is fill:
+                del self._fills[key]
             self._read_seconds.observe(time.perf_counter() - started)
         entry = make_entry(key, record)
         if not fill.invalidated and self.owner.can_serve(key):

@@ -49,6 +49,7 @@ class Violation:
     op: Op  # the op that could not be placed in the deepest attempt
     window: list[Op]  # the ops overlapping it in time: the smallest context to look at
     linearized: int  # how many ops of the key were ordered before the search failed
+    writer: Op | None = None  # for a read: the op that wrote the value it saw, if any
 
     def explain(self) -> str:
         lines = [
@@ -57,6 +58,9 @@ class Violation:
             "ops overlapping it:",
             *(f"  {op.describe()}" for op in self.window),
         ]
+        if self.op.kind == READ and self.op.outcome == OK:
+            source = self.writer.describe() if self.writer else "no op of the history"
+            lines.append(f"the value it read was written by: {source}")
         return "\n".join(lines)
 
 
@@ -74,7 +78,10 @@ class Report:
 def check(history: Iterable[Op]) -> Report:
     """Check every key's sub-history; a report with one violation per failing key."""
     by_key: dict[str, list[Op]] = {}
+    writers: dict[str, Op] = {}  # value -> the op that wrote it, failed ones included
     for op in history:
+        if op.kind in (WRITE, CAS, CREATE) and op.value is not None:
+            writers[_key(op.value)] = op
         if op.outcome != FAILED and not (op.kind == READ and op.outcome == UNKNOWN):
             by_key.setdefault(op.key, []).append(op)
     report = Report(keys=len(by_key))
@@ -82,6 +89,8 @@ def check(history: Iterable[Op]) -> Report:
         report.ops += len(ops)
         violation = _Search(key, ops).run()
         if violation is not None:
+            if violation.op.kind == READ and violation.op.value is not None:
+                violation.writer = writers.get(_key(violation.op.value))
             report.violations.append(violation)
     return report
 

@@ -33,6 +33,7 @@ class Op:
     value: Any = None  # written (writes) or read (reads); unique per write
     version: str | None = None  # returned by an OK op; for CAS, in ``expected``
     expected: str | None = None  # the If-Match version of a CAS
+    note: str = ""  # why the outcome is what it is, when not plain (an error, a status)
 
     @property
     def definite(self) -> bool:
@@ -45,5 +46,7 @@ class Op:
             detail += f" version={self.version}"
         if self.expected:
             detail += f" if-match={self.expected}"
+        if self.note:
+            detail += f" ({self.note})"
         return (f"#{self.id} {self.client} {self.kind} [{self.invoked:.4f}, {end}] "
                 f"-> {self.outcome} {detail}").rstrip()  # fmt: skip

@@ -1,0 +1,137 @@
+"""Linearizability under faults: histories of concurrent clients, checked (issue 5).
+
+Each scenario runs 8 clients against a cluster of real processes (3 nodes, 3 Redis
+replicas, etcd) for 8 s while a fault plays out, heals, reads every key through every node,
+and checks the whole history with the Wing-Gong-Lowe checker. Every scenario must have zero
+violations, and every key must be readable again at the end. Run with ``-s`` to print the
+report rows (docs/linearizability.md); set PROOF_TABLE=FILE to append them there.
+"""
+
+import asyncio
+import os
+
+import aiohttp
+import pytest
+
+from tests.integration.faults import ScenarioResult, TcpProxy, run_scenario
+
+TTL = 2
+pytestmark = pytest.mark.slow
+
+
+def report(result: ScenarioResult) -> None:
+    print(f"\n{result.row()}")
+    if path := os.environ.get("PROOF_TABLE"):
+        with open(path, "a") as table:
+            table.write(result.row() + "\n")
+    assert result.violations == [], "\n\n".join(result.violations[:3])
+    assert result.outcomes.get("ok", 0) > 100, result.outcomes
+
+
+async def start(fresh_cluster, **options):
+    return await asyncio.to_thread(fresh_cluster, **options)
+
+
+async def admin(cluster, path: str, body: dict) -> None:
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{cluster.urls[0]}{path}", json=body,
+        headers={"Authorization": f"Bearer {cluster.admin_token}"},
+    ) as response:  # fmt: skip
+        assert response.status == 200, await response.text()
+
+
+async def test_no_faults(fresh_cluster) -> None:
+    cluster = await start(fresh_cluster)
+
+    async def nothing() -> None:
+        return None
+
+    report(await run_scenario("no faults", cluster.urls, nothing))
+
+
+async def test_kill_9_a_node(fresh_cluster) -> None:
+    cluster = await start(fresh_cluster)
+
+    async def fault() -> None:
+        cluster.nodes[2].kill()
+
+    report(await run_scenario("kill -9 a node", cluster.urls, fault, final_urls=cluster.urls[:2]))
+
+
+async def test_sigstop_a_node_past_its_lease(fresh_cluster) -> None:
+    cluster = await start(fresh_cluster)
+
+    async def fault() -> None:
+        cluster.nodes[1].pause()
+        await asyncio.sleep(TTL + 1.5)
+        cluster.nodes[1].resume()
+
+    report(await run_scenario("SIGSTOP a node past its lease", cluster.urls, fault))
+
+
+async def test_kill_a_replica_and_restart_it_empty(fresh_cluster) -> None:
+    cluster = await start(fresh_cluster)
+
+    async def fault() -> None:
+        cluster.redis[1].kill()
+        await asyncio.sleep(1.0)
+        cluster.redis[1].wipe()
+        await asyncio.to_thread(cluster.redis[1].start)
+
+    report(await run_scenario("replica killed, restarted empty", cluster.urls, fault))
+
+
+async def test_restart_etcd(fresh_cluster) -> None:
+    cluster = await start(fresh_cluster)
+
+    async def fault() -> None:
+        await asyncio.to_thread(cluster.etcd[0].stop)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(cluster.etcd[0].start)
+
+    report(await run_scenario("etcd restarted", cluster.urls, fault))
+
+
+async def test_rebalance_and_drain_under_load(fresh_cluster) -> None:
+    cluster = await start(fresh_cluster)
+
+    async def fault() -> None:
+        await admin(cluster, "/admin/rebalance", {"weights": {"node0": 3}})
+        await admin(cluster, "/admin/drain", {"node": "node2"})
+
+    report(await run_scenario("rebalance, then drain", cluster.urls, fault))
+
+
+async def test_rolling_restart_of_every_node(fresh_cluster) -> None:
+    cluster = await start(fresh_cluster)
+
+    async def fault() -> None:
+        for node in cluster.nodes:
+            await asyncio.to_thread(node.stop)
+            await asyncio.to_thread(node.start, 60)
+
+    report(await run_scenario("rolling restart", cluster.urls, fault, duration=12.0))
+
+
+async def test_a_node_cut_off_from_etcd_but_not_from_the_store(fresh_cluster) -> None:
+    proxies: list[TcpProxy] = []
+    loop = asyncio.get_running_loop()
+
+    def through_proxy(etcd_endpoint: str) -> dict[int, str]:
+        host, _, port = etcd_endpoint.rpartition(":")
+        proxy = TcpProxy(host, int(port))
+        proxies.append(proxy)
+        listening = asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(10)
+        return {0: f"127.0.0.1:{listening}"}
+
+    cluster = await start(fresh_cluster, etcd_via=through_proxy)
+
+    async def fault() -> None:
+        proxies[0].partition()
+        await asyncio.sleep(TTL + 2)
+        proxies[0].heal()
+
+    try:
+        report(await run_scenario("node cut off from etcd", cluster.urls, fault))
+    finally:
+        await proxies[0].close()
