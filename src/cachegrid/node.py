@@ -8,9 +8,11 @@ Invariants:
 - S2: every write of a key runs here, at its active owner, serialized with the other writes
   of the key, and updates the cache before it is acknowledged. With S1 this makes every
   cache hit a linearizable read.
-- A fill inserts its result only if no write of the key began and ownership did not change
-  while it was in flight; and a write detaches any fill in flight, so no reader that
-  arrives after the write completes can get the older value.
+- A fill inserts its result only if no write of the key was under way at any moment of
+  the fill, and ownership did not change meanwhile: a write invalidates and detaches the
+  key's fill both when it starts and when it ends (just before it updates the cache), so
+  a fill that overlapped it in any way neither caches its value nor serves a reader that
+  arrives after the write completed. And a fill never replaces a newer cached entry.
 - Versions are (write epoch, seq): the write epoch rises with every activation and across
   owners (coord/ownership.py); seq rises with every write of this node.
 - A write acknowledged by the store but finished after the node lost the right to serve
@@ -176,10 +178,15 @@ class Node:
         else:
             await self._await_serving(key)
         self._miss.inc()
-        return await self._flights.do(key, lambda: self._fill(key)), False
+        return await self._flights.do(key, lambda: self._fill(key, self._new_fill(key))), False
 
-    async def _fill(self, key: str) -> Entry:
+    def _new_fill(self, key: str) -> _Fill:
+        """Register a fill the moment its flight is created, before its task first runs,
+        so that no write can start unseen in between."""
         fill = self._fills[key] = _Fill()
+        return fill
+
+    async def _fill(self, key: str, fill: _Fill) -> Entry:
         self.metrics.fills.inc()
         started = time.perf_counter()
         try:
@@ -191,7 +198,9 @@ class Node:
                 del self._fills[key]
             self._read_seconds.observe(time.perf_counter() - started)
         entry = make_entry(key, record)
-        if not fill.invalidated and self.owner.can_serve(key):
+        cached = self.cache.get(key)
+        newer_cached = cached is not None and cached.version >= entry.version
+        if not fill.invalidated and not newer_cached and self.owner.can_serve(key):
             self.cache.put(key, entry)
         return entry
 
@@ -240,6 +249,8 @@ class Node:
             raise
         finally:
             self._write_seconds.observe(time.perf_counter() - started)
+            # A fill that began while this write was under way may hold the old value.
+            self._invalidate_fill(key)
         if stored != record.version:
             self.cache.evict(key)
             log.error("write of %r at %s found newer %s in the store", key, record.version, stored)

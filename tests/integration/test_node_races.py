@@ -40,3 +40,47 @@ async def test_reads_racing_writes_never_fail_and_never_go_back(redis_servers) -
         assert entry.version == written[1], f"round {round_}: read older than a completed write"
     assert node._fills == {}
     await store.close()
+
+
+class LateReads:
+    """A real store whose next read answers late: it reads now, but returns 50 ms later,
+    as a slow replica round trip would. Only the read it is armed for is delayed."""
+
+    def __init__(self, store: QuorumStore) -> None:
+        self.store = store
+        self.armed = False
+
+    async def read(self, key):
+        record = await self.store.read(key)
+        if self.armed:
+            self.armed = False
+            await asyncio.sleep(0.05)
+        return record
+
+    async def read_many(self, keys):
+        return await self.store.read_many(keys)
+
+    async def write(self, key, record):
+        return await self.store.write(key, record)
+
+
+async def test_a_fill_that_overlaps_a_write_never_caches_the_older_value(redis_servers) -> None:
+    """A fill that starts while a write is under way reads the old value; it must not put it
+    in the cache after the write completed (the next hit, or a CAS, would see the past)."""
+    servers = redis_servers(3)
+    store = QuorumStore([Replica(s.endpoint, timeout=2) for s in servers], timeout=2)
+    late = LateReads(store)
+    node = Node("solo", AlwaysOwner(), late, LocalCache(10, 10_000), stale_check_every=0)
+    await node.put("k", b"1")
+    for _ in range(20):
+        node.flush()
+        write = asyncio.create_task(node.put("k", b"2"))  # starts first: reads, then writes
+        await asyncio.sleep(0)
+        late.armed = True
+        reader = asyncio.create_task(node.get("k"))  # its fill answers after the write
+        version = await write
+        await reader
+        entry, _ = await node.get("k")
+        assert entry.version == version, "the cache went back to an older version"
+        late.armed = False
+    await store.close()
