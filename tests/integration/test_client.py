@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from cachegrid.client import Client
-from cachegrid.errors import NotFound, Unavailable, VersionMismatch
+from cachegrid.errors import Indeterminate, NotFound, Unavailable, VersionMismatch
 
 KEYS = ["plain", "a/b", "with space", "q?x#y", "100%", "ünï", "x" * 1000]
 
@@ -87,8 +87,12 @@ async def test_a_crashed_owner_is_retried_then_replaced(fresh_cluster) -> None:
         key = next(k for k in (f"crash-{i}" for i in range(200)) if client.ring.owner(k) == "node2")
         await client.put(key, "kept")
         cluster.nodes[2].kill()
-        with pytest.raises(Unavailable):  # refused: certainly not applied, so not indeterminate
+        # On the pooled connection the node's death shows as a disconnect: the client cannot
+        # know its request did not arrive, so it must say indeterminate, not "not applied".
+        with pytest.raises(Indeterminate):
             await client.put(key, "during the outage")
+        with pytest.raises(Unavailable):  # a new connection is refused: certainly not applied
+            await client.put(key, "during the outage, again")
         deadline = time.monotonic() + 15
         while True:
             try:
