@@ -60,6 +60,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         hold=settings.handoff_hold,
         metrics=metrics,
         stale_check_every=settings.stale_check_every,
+        stale_checks_per_second=settings.stale_checks_per_second,
     )
     admin_api = AdminApi(node, coordinator, Admin(etcd, config.etcd.prefix), store, forwarder,
                          settings.admin_token)  # fmt: skip

@@ -48,7 +48,12 @@ def node(
         settings = config.load(config_path, overrides={k: v for k, v in flags.items() if v})
     except config.ConfigError as error:
         raise click.ClickException(str(error)) from error
-    asyncio.run(_serve_until_signalled(settings))
+    if settings.node.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(_serve_until_signalled(settings))
+    else:
+        asyncio.run(_serve_until_signalled(settings))
 
 
 async def _serve_until_signalled(settings: config.Config) -> None:

@@ -100,8 +100,12 @@ class NodeConfig:
     max_in_flight_requests: int = 4096
     # Bearer token of the /admin API (empty: the admin API is disabled).
     admin_token: str = ""
-    # The inconsistency detector re-reads one cache hit in this many from the store (0: off).
+    # The inconsistency detector re-reads one cache hit in this many from the store (0: off),
+    # and at most this many per second.
     stale_check_every: int = 100
+    stale_checks_per_second: float = 20.0
+    # The asyncio event loop: "uvloop" (faster) or "asyncio" (the standard library's).
+    event_loop: str = "uvloop"
 
     @property
     def node_id(self) -> str:
@@ -122,6 +126,9 @@ class NodeConfig:
             found.append("node.weight: must be >= 0")
         if self.stale_check_every < 0:
             found.append("node.stale_check_every: must be >= 0")
+        found += _positive("node", self, "stale_checks_per_second")
+        if self.event_loop not in ("uvloop", "asyncio"):
+            found.append("node.event_loop: must be 'uvloop' or 'asyncio'")
         if not 0 <= self.lease_margin < self.lease_ttl / 3:
             found.append("node.lease_margin: must be >= 0 and under a third of node.lease_ttl")
         if any(c in self.id for c in "/ \t\n"):

@@ -132,6 +132,7 @@ class Node:
         hold: float = 2.0,
         metrics: Metrics | None = None,
         stale_check_every: int = 100,
+        stale_checks_per_second: float = 20.0,
     ) -> None:
         self.node_id = node_id
         self.owner = owner
@@ -151,9 +152,12 @@ class Node:
         self._read_seconds = self.metrics.store_seconds.labels("read")
         self._write_seconds = self.metrics.store_seconds.labels("write")
         # The inconsistency detector re-reads one hit in ``stale_check_every`` (0: never).
+        # and at most ``stale_checks_per_second`` of them, whatever the load: one slot, and
+        # samples that find it taken are dropped.
         self.stale_check_every = stale_check_every
+        self.stale_check_pause = 1.0 / stale_checks_per_second
         self._hits = 0
-        self._samples: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
+        self._samples: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
         self._detector: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -324,6 +328,7 @@ class Node:
                 if await self._is_stale(key):
                     self.metrics.stale_hits.inc()
                     log.error("stale cache hit detected for %r", key)
+            await asyncio.sleep(self.stale_check_pause)
 
     async def _is_stale(self, key: str) -> bool:
         """True only if the cached entry of ``key`` is certainly older than the store."""
