@@ -6,10 +6,12 @@ dies with the test process if that is killed (see cachegrid.servers).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from cachegrid.servers import (
@@ -149,6 +151,17 @@ def start_cluster(
         cluster.stop()
         raise
     return cluster
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An aiohttp client session for the test, fully closed afterwards."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+    # close() leaves transports to finish closing on the next loop turns; without this, the
+    # loop may end first and a transport is collected later, in some other test, as an
+    # "unclosed transport" ResourceWarning.
+    await asyncio.sleep(0.01)
 
 
 @pytest.fixture(scope="module")

@@ -2,58 +2,131 @@
 
 Owns: the names, help texts, labels and buckets of every metric, in a registry of its own
 (no process-global registry, so several nodes can live in one process, as in tests).
+
+Why not prometheus_client's Counter and Histogram: each update takes a mutex, and the hot
+path updates three of them per request. Here the node's event loop is the only writer and
+the only reader (``/metrics`` is served by the same loop), so plain numbers suffice;
+a collector turns them into Prometheus families at scrape time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+
+
+class Count:
+    """One counter series. Not thread-safe: one event loop writes it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class Distribution:
+    """One histogram series with fixed buckets. Not thread-safe: one event loop writes it."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        cumulative, result = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            result.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        return result
+
+
+class Family:
+    """A metric with labels; ``labels(...)`` returns its series (create once, keep it)."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...] = (),
+                 buckets: tuple[float, ...] | None = None) -> None:  # fmt: skip
+        self.name, self.documentation, self.label_names = name, documentation, labels
+        self.bucket_bounds = buckets
+        self.series: dict[tuple[str, ...], Count | Distribution] = {}
+
+    def labels(self, *values: str) -> Count | Distribution:
+        series = self.series.get(values)
+        if series is None:
+            bounds = self.bucket_bounds
+            series = self.series[values] = Distribution(bounds) if bounds else Count()
+        return series
+
+    def collect(self) -> Metric:
+        if self.bucket_bounds is not None:
+            family: Metric = HistogramMetricFamily(self.name, self.documentation,
+                                                   labels=self.label_names)  # fmt: skip
+            for values, series in self.series.items():
+                assert isinstance(series, Distribution)
+                family.add_metric(list(values), series.buckets(), series.total)  # type: ignore[attr-defined]
+            return family
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.label_names)
+        for values, series in self.series.items():
+            family.add_metric(list(values), series.value)  # type: ignore[union-attr]
+        return family
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Histogram(
+        self._families: list[Family] = []
+        self.requests = self._family(
             "cachegrid_request_seconds", "HTTP request latency, by route and cache result.",
-            ["route", "cache"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.responses = Counter(
-            "cachegrid_responses_total", "HTTP responses by route and status.",
-            ["route", "status"], registry=r,
-        )  # fmt: skip
-        self.cache_results = Counter(
-            "cachegrid_cache_lookups_total", "Reads at the owner: hit or miss.", ["result"],
-            registry=r,
-        )  # fmt: skip
-        self.fills = Counter(
-            "cachegrid_fills_total", "Store reads made to fill the cache (after single-flight).",
-            registry=r,
-        )  # fmt: skip
-        self.store_seconds = Histogram(
+            ("route", "cache"), LATENCY_BUCKETS)  # fmt: skip
+        self.responses = self._family(
+            "cachegrid_responses", "HTTP responses by route and status.", ("route", "status")
+        )
+        self.cache_results = self._family(
+            "cachegrid_cache_lookups", "Reads at the owner: hit or miss.", ("result",)
+        )
+        self.fills = self._series(
+            "cachegrid_fills", "Store reads made to fill the cache (after single-flight)."
+        )
+        self.store_seconds = self._family(
             "cachegrid_store_quorum_seconds", "Quorum store operation latency, by operation.",
-            ["op"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.handoff_wait = Histogram(
+            ("op",), LATENCY_BUCKETS)  # fmt: skip
+        self.handoff_wait = self._series(
             "cachegrid_handoff_wait_seconds",
             "Time requests waited for their key's range to become active here.",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.forwarded = Counter(
-            "cachegrid_forwarded_total", "Requests forwarded to the key's owner.", registry=r
-        )
-        self.stale_hits = Counter(
-            "cachegrid_stale_hits_total",
+            LATENCY_BUCKETS)  # fmt: skip
+        self.forwarded = self._series("cachegrid_forwarded", "Requests forwarded to the owner.")
+        self.stale_hits = self._series(
+            "cachegrid_stale_hits",
             "Sampled cache hits older than the store: must stay 0 (a consistency bug).",
-            registry=r,
-        )  # fmt: skip
-        self.stale_checks = Counter(
-            "cachegrid_stale_checks_total", "Cache hits re-read from the store by the detector.",
-            registry=r,
-        )  # fmt: skip
+        )
+        self.stale_checks = self._series(
+            "cachegrid_stale_checks", "Cache hits re-read from the store by the detector."
+        )
+        self.registry.register(self)  # type: ignore[arg-type]
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._families:
+            yield family.collect()
+
+    def describe(self) -> list[Metric]:
+        return []
 
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time (lease slack, ring epoch, cache size...)."""
@@ -61,3 +134,13 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def _family(self, name: str, documentation: str, labels: tuple[str, ...],
+                buckets: tuple[float, ...] | None = None) -> Family:  # fmt: skip
+        family = Family(name, documentation, labels, buckets)
+        self._families.append(family)
+        return family
+
+    def _series(self, name: str, documentation: str,
+                buckets: tuple[float, ...] | None = None) -> Count | Distribution:  # fmt: skip
+        return self._family(name, documentation, (), buckets).labels()

@@ -168,18 +168,26 @@ class Node:
 
     # -- reads --------------------------------------------------------------------------
 
-    async def get(self, key: str) -> tuple[Entry, bool]:
-        """(entry, hit). NotOwner to forward; Unavailable if the range is not active in time.
-
-        The entry may be a tombstone (deleted, or never written): the caller answers 404.
-        """
+    def hit(self, key: str) -> Entry | None:
+        """The cached entry of ``key`` if this node may serve it now; no I/O, no await.
+        Only valid keys are ever cached, so the caller may look here before validating."""
         if self.owner.can_serve(key):
             entry = self.cache.get(key)
             if entry is not None:
                 self._hit.inc()
                 self._sample(key)
-                return entry, True
-        else:
+                return entry
+        return None
+
+    async def get(self, key: str) -> tuple[Entry, bool]:
+        """(entry, hit). NotOwner to forward; Unavailable if the range is not active in time.
+
+        The entry may be a tombstone (deleted, or never written): the caller answers 404.
+        """
+        entry = self.hit(key)
+        if entry is not None:
+            return entry, True
+        if not self.owner.can_serve(key):
             await self._await_serving(key)
         self._miss.inc()
         return await self._flights.do(key, lambda: self._fill(key, self._new_fill(key))), False

@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 from cachegrid.errors import Unavailable
 
 DEFAULT_VNODES = 128
+OWNER_MEMO = 16384  # lookups remembered per ring
 
 HashFn = Callable[[bytes], int]
 
@@ -68,12 +70,18 @@ class Ring:
         # collision the sort above orders by node id, so the tie breaks the same everywhere.
         self._hashes = [h for h, _ in points]
         self._owners = [node_id for _, node_id in points]
+        # Memo of recent lookups, one per ring: a new ring starts empty, so it never
+        # answers from another placement. Hashing dominates a lookup; hot keys repeat.
+        self.owner = functools.lru_cache(maxsize=OWNER_MEMO)(self._owner)  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"<Ring epoch={self.epoch} members={len(self.members)} points={len(self._hashes)}>"
 
     def owner(self, key: str) -> str:
         """The id of the member owning ``key``; Unavailable when no member has weight."""
+        return self._owner(key)
+
+    def _owner(self, key: str) -> str:
         if not self._hashes:
             raise Unavailable("the ring has no member with weight > 0")
         index = bisect.bisect_left(self._hashes, self._hash(key.encode()))

@@ -6,7 +6,6 @@ import random
 import subprocess
 import sys
 
-import aiohttp
 import orjson
 import pytest
 
@@ -46,12 +45,6 @@ async def load(http, urls, keys, stop: asyncio.Event, errors: list) -> int:
             errors.append((status, body))
         done += 1
     return done
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_the_admin_api_needs_the_token(http, cluster) -> None:

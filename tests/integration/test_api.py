@@ -2,21 +2,13 @@
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 
-import aiohttp
 import orjson
 import pytest
 
 from cachegrid.ring import Ring
 from cachegrid.store import QuorumStore, Record, Replica
 from cachegrid.version import Version
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def call(http, method, url, *, json=None, data=None, headers=None):

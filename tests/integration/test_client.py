@@ -4,7 +4,6 @@ import asyncio
 import re
 import time
 
-import aiohttp
 import pytest
 
 from cachegrid.client import Client
@@ -13,20 +12,19 @@ from cachegrid.errors import Indeterminate, NotFound, Unavailable, VersionMismat
 KEYS = ["plain", "a/b", "with space", "q?x#y", "100%", "ünï", "x" * 1000]
 
 
-async def forwarded_total(cluster) -> float:
+async def forwarded_total(http, cluster) -> float:
     """Requests the nodes forwarded to an owner, summed over every node."""
     total = 0.0
-    async with aiohttp.ClientSession() as http:
-        for url in cluster.urls:
-            async with http.get(f"{url}/metrics") as response:
-                text = await response.text()
-            match = re.search(r"^cachegrid_forwarded_total (\S+)$", text, re.M)
-            total += float(match.group(1)) if match else 0.0
+    for url in cluster.urls:
+        async with http.get(f"{url}/metrics") as response:
+            text = await response.text()
+        match = re.search(r"^cachegrid_forwarded_total (\S+)$", text, re.M)
+        total += float(match.group(1)) if match else 0.0
     return total
 
 
-async def test_round_trips_of_awkward_keys_go_straight_to_the_owner(cluster) -> None:
-    before = await forwarded_total(cluster)
+async def test_round_trips_of_awkward_keys_go_straight_to_the_owner(cluster, http) -> None:
+    before = await forwarded_total(http, cluster)
     async with Client(cluster.urls) as client:
         for key in KEYS:
             version = await client.put(key, {"key": key})
@@ -41,7 +39,7 @@ async def test_round_trips_of_awkward_keys_go_straight_to_the_owner(cluster) -> 
         assert await client.get(KEYS[0]) is None
         with pytest.raises(NotFound):
             await client.delete(KEYS[0])
-    assert await forwarded_total(cluster) == before  # nothing needed forwarding
+    assert await forwarded_total(http, cluster) == before  # nothing needed forwarding
 
 
 async def test_conditional_writes_through_the_client(cluster) -> None:
@@ -56,9 +54,9 @@ async def test_conditional_writes_through_the_client(cluster) -> None:
 
 
 @pytest.mark.slow
-async def test_the_client_follows_a_ring_change(fresh_cluster) -> None:
+async def test_the_client_follows_a_ring_change(fresh_cluster, http) -> None:
     cluster = fresh_cluster()
-    async with Client(cluster.urls) as client, aiohttp.ClientSession() as http:
+    async with Client(cluster.urls) as client:
         keys = [f"follow-{i}" for i in range(40)]
         for key in keys:
             await client.put(key, key)
@@ -73,10 +71,10 @@ async def test_the_client_follows_a_ring_change(fresh_cluster) -> None:
             assert (await client.get(key)).value == key
         assert client.ring.epoch != old_epoch
         assert "node1" not in {client.ring.owner(k) for k in keys}
-        settled = await forwarded_total(cluster)
+        settled = await forwarded_total(http, cluster)
         for key in keys:
             assert (await client.get(key)).value == key
-        assert await forwarded_total(cluster) == settled  # direct again
+        assert await forwarded_total(http, cluster) == settled  # direct again
 
 
 @pytest.mark.slow

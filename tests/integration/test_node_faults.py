@@ -3,7 +3,6 @@
 import asyncio
 import time
 
-import aiohttp
 import orjson
 import pytest
 
@@ -22,78 +21,76 @@ async def put(http, url, value):
 
 
 @pytest.mark.slow
-async def test_a_killed_nodes_keys_are_served_by_others_within_ttl_plus_1s(fresh_cluster) -> None:
+async def test_a_killed_nodes_keys_are_served_by_others_within_ttl_plus_1s(
+    fresh_cluster, http
+) -> None:
     cluster = fresh_cluster()
     ttl = 2
-    async with aiohttp.ClientSession() as http:
-        _, _, body = await get(http, f"{cluster.urls[0]}/v1/ring")
-        ring = Ring.from_description(orjson.loads(body))
-        victims = [f"v{i}" for i in range(300) if ring.owner(f"v{i}") == "node2"][:20]
-        for key in victims:
-            assert (await put(http, f"{cluster.urls[0]}/v1/kv/{key}", key))[0] == 200
-        cluster.nodes[2].kill()
-        killed = time.monotonic()
-        pending = set(victims)
-        while pending:
-            for key in list(pending):
-                status, headers, body = await get(http, f"{cluster.urls[0]}/v1/kv/{key}")
-                if status == 200:
-                    assert orjson.loads(body)["value"] == key  # nothing acknowledged was lost
-                    assert headers["X-Cachegrid-Node"] != "node2"
-                    pending.discard(key)
-            assert time.monotonic() - killed < ttl + 10, f"still unserved: {sorted(pending)}"
-            await asyncio.sleep(0.05)
-        took = time.monotonic() - killed
-        print(f"\nkeys of a killed node served by others {took:.2f}s after the kill")
-        assert took <= ttl + 1
+    _, _, body = await get(http, f"{cluster.urls[0]}/v1/ring")
+    ring = Ring.from_description(orjson.loads(body))
+    victims = [f"v{i}" for i in range(300) if ring.owner(f"v{i}") == "node2"][:20]
+    for key in victims:
+        assert (await put(http, f"{cluster.urls[0]}/v1/kv/{key}", key))[0] == 200
+    cluster.nodes[2].kill()
+    killed = time.monotonic()
+    pending = set(victims)
+    while pending:
+        for key in list(pending):
+            status, headers, body = await get(http, f"{cluster.urls[0]}/v1/kv/{key}")
+            if status == 200:
+                assert orjson.loads(body)["value"] == key  # nothing acknowledged was lost
+                assert headers["X-Cachegrid-Node"] != "node2"
+                pending.discard(key)
+        assert time.monotonic() - killed < ttl + 10, f"still unserved: {sorted(pending)}"
+        await asyncio.sleep(0.05)
+    took = time.monotonic() - killed
+    print(f"\nkeys of a killed node served by others {took:.2f}s after the kill")
+    assert took <= ttl + 1
 
 
 @pytest.mark.slow
-async def test_one_store_replica_down_stops_neither_reads_nor_writes(fresh_cluster) -> None:
+async def test_one_store_replica_down_stops_neither_reads_nor_writes(fresh_cluster, http) -> None:
     cluster = fresh_cluster()
-    async with aiohttp.ClientSession() as http:
-        for i in range(20):
-            assert (await put(http, f"{cluster.urls[i % 3]}/v1/kv/r{i}", i))[0] == 200
-        cluster.redis[1].kill()
-        for i in range(20):
-            assert (await put(http, f"{cluster.urls[i % 3]}/v1/kv/r{i}", i * 10))[0] == 200
-        for i in range(40):  # misses too: a new key reads through the store
-            status, _, body = await get(http, f"{cluster.urls[i % 3]}/v1/kv/r{i}")
-            if i < 20:
-                assert (status, orjson.loads(body)["value"]) == (200, i * 10)
-            else:
-                assert status == 404
+    for i in range(20):
+        assert (await put(http, f"{cluster.urls[i % 3]}/v1/kv/r{i}", i))[0] == 200
+    cluster.redis[1].kill()
+    for i in range(20):
+        assert (await put(http, f"{cluster.urls[i % 3]}/v1/kv/r{i}", i * 10))[0] == 200
+    for i in range(40):  # misses too: a new key reads through the store
+        status, _, body = await get(http, f"{cluster.urls[i % 3]}/v1/kv/r{i}")
+        if i < 20:
+            assert (status, orjson.loads(body)["value"]) == (200, i * 10)
+        else:
+            assert status == 404
 
 
-async def test_hits_need_no_store_at_all(fresh_cluster) -> None:
+async def test_hits_need_no_store_at_all(fresh_cluster, http) -> None:
     """The hot path does no I/O: with every store replica paused, cached keys are still
     served by their owners, while a miss cannot be (it gets a 503, not a hang)."""
     cluster = fresh_cluster()
-    async with aiohttp.ClientSession() as http:
-        _, _, body = await get(http, f"{cluster.urls[0]}/v1/ring")
-        ring = Ring.from_description(orjson.loads(body))
-        owners = {f"hot-{i}": cluster.urls[int(ring.owner(f"hot-{i}")[-1])] for i in range(10)}
+    _, _, body = await get(http, f"{cluster.urls[0]}/v1/ring")
+    ring = Ring.from_description(orjson.loads(body))
+    owners = {f"hot-{i}": cluster.urls[int(ring.owner(f"hot-{i}")[-1])] for i in range(10)}
+    for key, owner in owners.items():
+        assert (await put(http, f"{owner}/v1/kv/{key}", key))[0] == 200
+    for replica in cluster.redis:
+        replica.pause()
+    try:
         for key, owner in owners.items():
-            assert (await put(http, f"{owner}/v1/kv/{key}", key))[0] == 200
+            status, headers, body = await get(http, f"{owner}/v1/kv/{key}")
+            assert (status, headers["X-Cache"]) == (200, "hit")
+            assert orjson.loads(body)["value"] == key
+        status, _, _ = await get(http, f"{cluster.urls[0]}/v1/kv/never-cached")
+        assert status == 503
+    finally:
         for replica in cluster.redis:
-            replica.pause()
-        try:
-            for key, owner in owners.items():
-                status, headers, body = await get(http, f"{owner}/v1/kv/{key}")
-                assert (status, headers["X-Cache"]) == (200, "hit")
-                assert orjson.loads(body)["value"] == key
-            status, _, _ = await get(http, f"{cluster.urls[0]}/v1/kv/never-cached")
-            assert status == 503
-        finally:
-            for replica in cluster.redis:
-                replica.resume()
+            replica.resume()
 
 
-async def test_overload_is_shed_with_429_not_queued(fresh_cluster) -> None:
+async def test_overload_is_shed_with_429_not_queued(fresh_cluster, http) -> None:
     cluster = fresh_cluster(node_config="max_in_flight_requests = 2\n")
     url = cluster.urls[0]
-    async with aiohttp.ClientSession() as http:
-        answers = await asyncio.gather(*(get(http, f"{url}/v1/kv/miss-{i}") for i in range(60)))
+    answers = await asyncio.gather(*(get(http, f"{url}/v1/kv/miss-{i}") for i in range(60)))
     statuses = [status for status, _, _ in answers]
     assert set(statuses) <= {404, 429, 503}
     assert 429 in statuses

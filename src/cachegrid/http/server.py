@@ -106,11 +106,14 @@ class Api:
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
-        check_key(key, self.max_key_bytes)
-        try:
-            entry, hit = await self.node.get(key)
-        except NotOwner as moved:
-            return await self._forward(request, moved)
+        entry = self.node.hit(key)  # the hot path: no validation needed, nothing awaited
+        hit = entry is not None
+        if entry is None:
+            check_key(key, self.max_key_bytes)
+            try:
+                entry, hit = await self.node.get(key)
+            except NotOwner as moved:
+                return await self._forward(request, moved)
         cache = "hit" if hit else "miss"
         if entry.tombstone:
             return error_response(NotFound(f"no such key: {key[:100]}"), self.node_id, cache)

@@ -1,0 +1,228 @@
+"""cachegrid against its ceilings, measured side by side in one run (issue 6).
+
+Starts a real cluster (etcd, 3 Redis replicas, N cache nodes) and the baselines, then loads
+each scenario from a separate process (wrk, 1 thread, fixed connections) and prints
+throughput, p50/p99/p99.9 latency, and the ratios the targets are stated in:
+
+    .venv/bin/python bench/harness.py [--seconds 5] [--connections 32]
+
+Baselines: (a) a bare aiohttp app answering GET from a dict (the Python ceiling, on the same
+event loop as the nodes); (b) etcd's linearizable reads of a key through its HTTP gateway;
+(c) direct quorum reads and writes of the store from one Python process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+from cachegrid.cluster import LocalCluster
+from cachegrid.ring import Ring
+from cachegrid.servers import PortAllocator, bindable
+from cachegrid.store import QuorumStore, Record, Replica
+from cachegrid.version import Version
+from store_bench import measure, pct
+
+VALUE = {"n": 1, "pad": "x" * 64}
+
+# Lua run by wrk: requests from a table of paths (and methods), latency percentiles as JSON.
+LUA = """
+local paths = {%(paths)s}
+local methods = {%(methods)s}
+local body = '%(body)s'
+local counter = 0
+request = function()
+  counter = counter + 1
+  local i = (counter %% #paths) + 1
+  local method = methods[(counter %% #methods) + 1]
+  local path = paths[i]
+  if path == "UNIQUE" then path = "/v1/kv/cold-" .. counter .. "-" .. math.random(1e9) end
+  if method == "GET" then return wrk.format("GET", path) end
+  return wrk.format(method, path, {["Content-Type"] = "application/json"}, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format('RESULT {"requests": %%d, "seconds": %%f, "errors": %%d, '
+    .. '"non2xx": %%d, "p50": %%d, "p99": %%d, "p999": %%d}\\n',
+    summary.requests, summary.duration / 1e6,
+    summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.timeout, summary.errors.status,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+
+@dataclass
+class Result:
+    rps: float
+    p50: float  # ms
+    p99: float
+    p999: float
+    errors: int
+
+    def cells(self) -> str:
+        return (f"{self.rps:>9.0f} {self.p50:>8.3f} {self.p99:>8.3f} {self.p999:>8.3f}"
+                f"{'  errors=' + str(self.errors) if self.errors else ''}")  # fmt: skip
+
+
+def wrk(base: str, paths: list[str], seconds: float, connections: int,
+        methods: tuple[str, ...] = ("GET",), body: str = "", not_found_ok: bool = False,
+        ) -> Result:  # fmt: skip
+    """Load ``base`` with wrk: ``paths`` in turn, ``methods`` in turn (a mix). Answers of
+    4xx/5xx count as errors, except 404s when ``not_found_ok``."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(LUA % {
+            "paths": ",".join(json.dumps(p) for p in paths),
+            "methods": ",".join(json.dumps(m) for m in methods),
+            "body": body,
+        })  # fmt: skip
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", script.name, base],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    data = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    errors = data["errors"] + (0 if not_found_ok else data["non2xx"])
+    return Result(data["requests"] / data["seconds"], data["p50"] / 1000, data["p99"] / 1000,
+                  data["p999"] / 1000, errors)  # fmt: skip
+
+
+def http(method: str, url: str, body: object = None) -> dict:
+    data = orjson.dumps(body) if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def free_base(ports: PortAllocator) -> int:
+    while True:
+        base = ports.take()
+        if base + 30 < 32768 and all(bindable(base + i) for i in range(30)):
+            return base
+
+
+async def direct_store(cluster: LocalCluster, seconds: float, concurrency: int) -> dict:
+    """Quorum reads and writes from this process: baseline (c)."""
+    store = QuorumStore([Replica(r.endpoint, timeout=2) for r in cluster.redis], timeout=2)
+    value = orjson.dumps(VALUE)
+    seq = iter(range(1, 1 << 60))
+    for i in range(1000):
+        await store.write(f"direct-{i}", Record(Version(1, next(seq)), False, value))
+    results = {}
+    for name, op in {
+        "read": lambda k: store.read(f"direct-{k}"),
+        "write": lambda k: store.write(f"direct-{k}", Record(Version(2, next(seq)), False, value)),
+    }.items():
+        rate, latencies = await measure(op, concurrency, seconds)
+        results[name] = Result(rate, pct(latencies, 50), pct(latencies, 99), pct(latencies, 99.9),
+                               0)  # fmt: skip
+    await store.close()
+    return results
+
+
+async def single_flight(node: str) -> int:
+    """1,000 concurrent GETs of one uncached key: how many store reads they cost."""
+    import aiohttp
+
+    def fills() -> float:
+        text = urllib.request.urlopen(f"{node}/metrics", timeout=5).read().decode()
+        return float(next(line.split()[1] for line in text.splitlines()
+                          if line.startswith("cachegrid_fills_total ")))  # fmt: skip
+
+    before = fills()
+    connector = aiohttp.TCPConnector(limit=1000)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def get() -> int:
+            async with session.get(f"{node}/v1/kv/stampede-{before}") as response:
+                return response.status
+
+        statuses = await asyncio.gather(*(get() for _ in range(1000)))
+    assert set(statuses) == {404}, set(statuses)
+    return int(fills() - before)
+
+
+def main(seconds: float, connections: int, nodes: int) -> None:
+    ports = PortAllocator()
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = LocalCluster.plan(Path(tmp), nodes=nodes, replicas=3,
+                                    base_port=free_base(ports), appendfsync="everysec")  # fmt: skip
+        dict_port = ports.take()
+        dict_app = subprocess.Popen([sys.executable, str(Path(__file__).parent / "dict_app.py"),
+                                     str(dict_port), "--uvloop"])  # fmt: skip
+        cluster.start()
+        try:
+            run(cluster, f"http://127.0.0.1:{dict_port}", seconds, connections)
+        finally:
+            dict_app.terminate()
+            dict_app.wait()
+            cluster.stop()
+
+
+def run(cluster: LocalCluster, dict_url: str, seconds: float, connections: int) -> None:
+    node0, node1 = cluster.nodes[0].url, cluster.nodes[1].url
+    ring = Ring.from_description(http("GET", f"{node0}/v1/ring"))
+    own0 = [k for k in (f"hot-{i}" for i in range(3000)) if ring.owner(k) == "node0"][:500]
+    own1 = [k for k in (f"hot-{i}" for i in range(3000)) if ring.owner(k) == "node1"][:500]
+    for key in own0 + own1:
+        http("PUT", f"{node0}/v1/kv/{key}", {"value": VALUE})
+    etcd = cluster.etcd[0].url
+    encoded = base64.b64encode(b"/cachegrid/bench").decode()
+    http("POST", f"{etcd}/v3/kv/put", {"key": encoded, "value": encoded})
+    body = json.dumps({"value": VALUE}).replace("'", "\\'")
+    paths0 = [f"/v1/kv/{k}" for k in own0]
+    time.sleep(0.5)
+    rows: dict[str, Result] = {}
+    rows["dict ceiling (aiohttp+orjson)"] = wrk(dict_url, [f"/v1/kv/k{i}" for i in range(500)],
+                                                seconds, connections)  # fmt: skip
+    rows["etcd linearizable range"] = wrk(etcd, ["/v3/kv/range"], seconds, connections,
+                                          ("POST",), json.dumps({"key": encoded}))  # fmt: skip
+    rows["hot GET at the owner"] = wrk(node0, paths0, seconds, connections)
+    rows["GET via a non-owner"] = wrk(node1, paths0, seconds, connections)
+    rows["cold GET (all misses)"] = wrk(node0, ["UNIQUE"], seconds, connections,
+                                        not_found_ok=True)  # fmt: skip
+    rows["PUT"] = wrk(node0, paths0, seconds, connections, ("PUT",), body)
+    rows["95/5 GET/PUT"] = wrk(node0, paths0, seconds, connections,
+                               ("GET",) * 19 + ("PUT",), body)  # fmt: skip
+    rows["50/50 GET/PUT"] = wrk(node0, paths0, seconds, connections, ("GET", "PUT"), body)
+    direct = asyncio.run(direct_store(cluster, seconds, connections))
+    rows["direct quorum read"] = direct["read"]
+    rows["direct quorum write"] = direct["write"]
+    stampede = asyncio.run(single_flight(node0))
+
+    print(f"\n{'scenario':<32}{'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9':>8}")
+    for name, result in rows.items():
+        print(f"{name:<32}{result.cells()}")
+    hot = rows["hot GET at the owner"].rps
+    print("\nratios (targets in brackets)")
+    ratios = [
+        ("hot GET / dict ceiling", hot / rows["dict ceiling (aiohttp+orjson)"].rps, 0.9),
+        ("hot GET / etcd linearizable read", hot / rows["etcd linearizable range"].rps, 3.0),
+        ("cold GET / direct quorum read",
+         rows["cold GET (all misses)"].rps / rows["direct quorum read"].rps, 0.8),
+        ("PUT / direct quorum write", rows["PUT"].rps / rows["direct quorum write"].rps, 0.7),
+    ]  # fmt: skip
+    for name, ratio, target in ratios:
+        verdict = "met" if ratio >= target else "MISSED"
+        print(f"  {name:<36}{ratio:6.2f}x  (>= {target}x: {verdict})")
+    print(f"  store reads for 1,000 concurrent misses of one key: {stampede} (target 1)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--nodes", type=int, default=2)
+    arguments = parser.parse_args()
+    main(arguments.seconds, arguments.connections, arguments.nodes)
