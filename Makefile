@@ -8,7 +8,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 SYSDEPS := /usr/bin/redis-server /usr/bin/etcd /usr/bin/etcdctl /usr/bin/wrk
 
-.PHONY: up test test-fast lint bench-store sysdeps venv clean
+.PHONY: up test test-fast lint bench bench-store sysdeps venv clean
 
 up: sysdeps venv
 	$(VENV)/bin/cachegrid up --nodes 3 --replicas 3 --data-dir .cluster
@@ -23,6 +23,9 @@ test-fast: sysdeps venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+bench: sysdeps venv
+	$(PY) bench/harness.py --seconds 5
 
 bench-store: sysdeps venv
 	$(PY) bench/store_bench.py
