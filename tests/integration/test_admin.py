@@ -215,3 +215,12 @@ def test_the_admin_cli_prints_tables_json_and_clear_errors(cluster) -> None:
     usage = run("--token", cluster.admin_token, "flush")
     assert usage.returncode == 2
     assert "exactly one of --all, --prefix, --key" in usage.stderr
+
+
+async def test_without_a_token_the_admin_api_is_closed(http, fresh_cluster, monkeypatch) -> None:
+    monkeypatch.setenv("CACHEGRID_NODE_ADMIN_TOKEN", "")  # overrides the file's token
+    cluster = fresh_cluster(nodes=1)
+    for token in (None, "", cluster.admin_token):
+        status, _, body = await call(http, "GET", f"{cluster.urls[0]}/admin/status", token=token)
+        assert (status, body["error"]["code"]) == (403, "forbidden")
+    assert (await call(http, "GET", f"{cluster.urls[0]}/v1/ring"))[0] == 200
