@@ -43,8 +43,5 @@ class Version(NamedTuple):
         if not (0 <= self.epoch <= MAX_PART and 0 <= self.seq <= MAX_PART):
             raise ValueError(f"version out of range: {self.epoch}.{self.seq}")
 
-    def next(self) -> Version:
-        return Version(self.epoch, self.seq + 1)
-
 
 ZERO = Version(0, 0)

@@ -18,7 +18,6 @@ import asyncio
 import math
 import random
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -82,9 +81,6 @@ class Recorder:
                             break
                         await asyncio.sleep(0.2)
         return unanswered
-
-    def outcomes(self) -> Counter[str]:
-        return Counter(f"{op.kind}:{op.outcome}" for op in self.history)
 
     async def _client(self, http: aiohttp.ClientSession, name: str, stop_at: float) -> None:
         rng = random.Random(f"{self.seed}-{name}")

@@ -40,7 +40,8 @@ def redis_key(key: str) -> bytes:
 
 
 def user_key(stored: bytes) -> str:
-    return stored[len(KEY_PREFIX) :].decode()
+    """The user key of a Redis key (undecodable bytes, never written by us, are replaced)."""
+    return stored[len(KEY_PREFIX) :].decode(errors="replace")
 
 
 def encode_args(record: Record) -> tuple[int, int, int, bytes]:

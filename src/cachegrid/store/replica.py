@@ -29,7 +29,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from cachegrid.errors import ReplicaCorrupt, ReplicaError
-from cachegrid.store.record import FIELDS, KEY_PREFIX, Record, decode, encode_args, redis_key
+from cachegrid.store.record import (
+    FIELDS,
+    KEY_PREFIX,
+    Record,
+    decode,
+    encode_args,
+    redis_key,
+    user_key,
+)
 from cachegrid.version import Version
 
 T = TypeVar("T")
@@ -157,8 +165,7 @@ class Replica:
             return await self._redis.scan(cursor, match=KEY_PREFIX + b"*", count=count)
 
         next_cursor, stored = await self._call(run)
-        prefix = len(KEY_PREFIX)
-        return int(next_cursor), [key[prefix:].decode(errors="replace") for key in stored]
+        return int(next_cursor), [user_key(key) for key in stored]
 
     async def close(self) -> None:
         await self._redis.aclose()
