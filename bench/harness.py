@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +158,37 @@ async def single_flight(nodes: list[str]) -> int:
     return int(fills() - before)
 
 
+def zipf_paths(node: str, count: int, keys: int = 100_000, s: float = 1.1) -> list[str]:
+    """``count`` request paths whose keys follow a Zipf law over ``keys`` keys. wrk sends
+    them all to one node, which forwards what it does not own, as a plain HTTP client's
+    traffic would be. Every 10th distinct key is written first; the others are 404s."""
+    import bisect
+    import itertools
+    import random
+
+    rng = random.Random(11)
+    cumulative = list(itertools.accumulate(1 / rank**s for rank in range(1, keys + 1)))
+    ranks = [bisect.bisect_left(cumulative, rng.random() * cumulative[-1]) for _ in range(count)]
+    for rank in sorted(set(ranks))[::10]:
+        http("PUT", f"{node}/v1/kv/zipf-{rank}", {"value": VALUE})
+    return [f"/v1/kv/zipf-{rank}" for rank in ranks]
+
+
+def scale_out(cluster: LocalCluster, paths0: list[str], paths1: list[str], seconds: float,
+              connections: int) -> tuple[Result, Result]:  # fmt: skip
+    """Hot GETs sent straight to the owner (as cachegrid.Client does): one node, then two
+    nodes loaded at once, each with half the connections and its own keys."""
+    node0, node1 = cluster.nodes[0].url, cluster.nodes[1].url
+    one = wrk(node0, paths0, seconds, connections)
+    with ThreadPoolExecutor(2) as pool:
+        halves = list(pool.map(lambda args: wrk(*args, seconds, connections // 2),
+                               [(node0, paths0), (node1, paths1)]))  # fmt: skip
+    rps = sum(r.rps for r in halves)
+    two = Result(rps, max(r.p50 for r in halves), max(r.p99 for r in halves),
+                 max(r.p999 for r in halves), sum(r.errors for r in halves))  # fmt: skip
+    return one, two
+
+
 def main(seconds: float, connections: int, nodes: int) -> None:
     ports = PortAllocator()
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,6 +232,13 @@ def run(cluster: LocalCluster, dict_url: str, seconds: float, connections: int) 
     rows["95/5 GET/PUT"] = wrk(node0, paths0, seconds, connections,
                                ("GET",) * 19 + ("PUT",), body)  # fmt: skip
     rows["50/50 GET/PUT"] = wrk(node0, paths0, seconds, connections, ("GET", "PUT"), body)
+    zipf = zipf_paths(node0, 20_000)
+    rows["Zipf GET over 100k keys (s=1.1)"] = wrk(node0, zipf, seconds, connections,
+                                                  not_found_ok=True)  # fmt: skip
+    paths1 = [f"/v1/kv/{k}" for k in own1]
+    one, two = scale_out(cluster, paths0, paths1, seconds, connections)
+    rows["owner-direct GET, 1 node"] = one
+    rows["owner-direct GET, 2 nodes"] = two
     direct = asyncio.run(direct_store(cluster, seconds, connections))
     rows["direct quorum read"] = direct["read"]
     rows["direct quorum write"] = direct["write"]
@@ -221,6 +260,8 @@ def run(cluster: LocalCluster, dict_url: str, seconds: float, connections: int) 
         verdict = "met" if ratio >= target else "MISSED"
         print(f"  {name:<36}{ratio:6.2f}x  (>= {target}x: {verdict})")
     print(f"  store reads for 1,000 concurrent misses of one key: {stampede} (target 1)")
+    scaling = rows["owner-direct GET, 2 nodes"].rps / rows["owner-direct GET, 1 node"].rps
+    print(f"  2 nodes / 1 node, requests sent to owners (the smart client): {scaling:.2f}x")
 
 
 if __name__ == "__main__":
