@@ -15,8 +15,10 @@ Invariants:
   arrives after the write completed. And a fill never replaces a newer cached entry.
 - Versions are (write epoch, seq): the write epoch rises with every activation and across
   owners (coord/ownership.py); seq rises with every write of this node.
-- A write acknowledged by the store but finished after the node lost the right to serve
-  (deadline, handoff) is answered as indeterminate and its key evicted, never as 200.
+- A write acknowledged by the store after the node's lease deadline is answered as
+  indeterminate (the key may be served elsewhere already), never as 200. One that finishes
+  during a handoff is acknowledged: the handoff waits for it before the new owner can
+  activate (``release``), and the entry is dropped.
 - A hit does no I/O and awaits nothing; at most it drops its key into the detector's
   bounded queue (never waiting: a full queue skips the sample).
 - The inconsistency detector reports a stale hit only when it is certain: no write of the
@@ -65,6 +67,10 @@ class OwnerView(Protocol):
     def ring(self) -> Ring | None: ...
 
     def can_serve(self, key: str) -> bool: ...
+
+    def lease_alive(self) -> bool:
+        """True before the local lease deadline (and while coordination is healthy)."""
+        ...
 
     async def wait_active(self, key: str, hold: float) -> bool: ...
 
@@ -267,10 +273,17 @@ class Node:
             self.cache.evict(key)
             log.error("write of %r at %s found newer %s in the store", key, record.version, stored)
             raise Indeterminate(f"the store holds a newer version {stored}; write superseded")
-        if not self.owner.can_serve(key):
+        if not self.owner.lease_alive():
+            # Past the deadline, the key may already be served elsewhere without our ack.
             self.cache.evict(key)
-            raise Indeterminate("the write reached the store, but this node lost ownership "
-                                "of the key before acknowledging it")  # fmt: skip
+            raise Indeterminate("the write reached the store, but this node's lease ran out "
+                                "before it could acknowledge it")  # fmt: skip
+        if not self.owner.can_serve(key):
+            # A handoff began meanwhile. It waits for this write before acking the new ring,
+            # so the new owner activates only after the write is in the store: acknowledge
+            # it, but keep no entry for a key this node no longer serves.
+            self.cache.evict(key)
+            return
         self.cache.put(key, make_entry(key, record))
 
     # -- handoff ------------------------------------------------------------------------

@@ -21,6 +21,9 @@ class AlwaysOwner:
     def can_serve(self, key: str) -> bool:
         return True
 
+    def lease_alive(self) -> bool:
+        return True
+
     async def wait_active(self, key: str, hold: float) -> bool:
         return True
 

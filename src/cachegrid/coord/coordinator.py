@@ -135,13 +135,12 @@ class Coordinator:
 
     def can_serve(self, key: str) -> bool:
         """True if this node is the active owner of ``key`` right now. No I/O."""
+        return self.lease_alive() and self.ownership.is_active_owner(key)
+
+    def lease_alive(self) -> bool:
+        """Before the local lease deadline, with every background loop healthy. No I/O."""
         session = self.session
-        return (
-            session is not None
-            and session.alive()
-            and self.failed is None
-            and self.ownership.is_active_owner(key)
-        )
+        return session is not None and session.alive() and self.failed is None
 
     @property
     def ring(self) -> Ring | None:
