@@ -37,6 +37,7 @@ from cachegrid.version import Version
 from store_bench import measure, pct
 
 VALUE = {"n": 1, "pad": "x" * 64}
+PAUSE_MS = 4  # a connection's pause between requests in the set-rate scenario
 
 # Lua run by wrk: requests from a table of paths (and methods), latency percentiles as JSON.
 LUA = """
@@ -44,6 +45,7 @@ local paths = {%(paths)s}
 local methods = {%(methods)s}
 local body = '%(body)s'
 local counter = 0
+%(pause)s
 request = function()
   counter = counter + 1
   local i = (counter %% #paths) + 1
@@ -79,14 +81,16 @@ class Result:
 
 def wrk(base: str, paths: list[str], seconds: float, connections: int,
         methods: tuple[str, ...] = ("GET",), body: str = "", not_found_ok: bool = False,
-        ) -> Result:  # fmt: skip
+        pause_ms: int = 0) -> Result:  # fmt: skip
     """Load ``base`` with wrk: ``paths`` in turn, ``methods`` in turn (a mix). Answers of
-    4xx/5xx count as errors, except 404s when ``not_found_ok``."""
+    4xx/5xx count as errors, except 404s when ``not_found_ok``. With ``pause_ms``, each
+    connection waits that long after an answer before its next request (a set rate)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(LUA % {
             "paths": ",".join(json.dumps(p) for p in paths),
             "methods": ",".join(json.dumps(m) for m in methods),
             "body": body,
+            "pause": f"delay = function() return {pause_ms} end" if pause_ms else "",
         })  # fmt: skip
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", script.name, base],
@@ -174,6 +178,18 @@ def zipf_paths(node: str, count: int, keys: int = 100_000, s: float = 1.1) -> li
     return [f"/v1/kv/zipf-{rank}" for rank in ranks]
 
 
+def at_rate(base: str, paths: list[str], seconds: float, rate: float) -> Result:
+    """Load at about ``rate`` requests per second: enough connections that each, pausing
+    PAUSE_MS between answer and next request, adds up to the rate; corrected once from
+    the rate a first run reached. The result's rps is what was reached, not what was aimed at."""
+    connections = max(1, round(rate * (PAUSE_MS + 0.2) / 1000))
+    result = wrk(base, paths, seconds, connections, pause_ms=PAUSE_MS)
+    if not 0.9 < result.rps / rate < 1.1:
+        connections = max(1, round(connections * rate / result.rps))
+        result = wrk(base, paths, seconds, connections, pause_ms=PAUSE_MS)
+    return result
+
+
 def scale_out(cluster: LocalCluster, paths0: list[str], paths1: list[str], seconds: float,
               connections: int) -> tuple[Result, Result]:  # fmt: skip
     """Hot GETs sent straight to the owner (as cachegrid.Client does): one node, then two
@@ -225,6 +241,8 @@ def run(cluster: LocalCluster, dict_url: str, seconds: float, connections: int) 
     rows["etcd linearizable range"] = wrk(etcd, ["/v3/kv/range"], seconds, connections,
                                           ("POST",), json.dumps({"key": encoded}))  # fmt: skip
     rows["hot GET at the owner"] = wrk(node0, paths0, seconds, connections)
+    half = rows["hot GET at the owner"].rps / 2
+    rows["hot GET at half the peak rate"] = at_rate(node0, paths0, seconds, half)
     rows["GET via a non-owner"] = wrk(node1, paths0, seconds, connections)
     rows["cold GET (all misses)"] = wrk(node0, ["UNIQUE"], seconds, connections,
                                         not_found_ok=True)  # fmt: skip
@@ -259,6 +277,10 @@ def run(cluster: LocalCluster, dict_url: str, seconds: float, connections: int) 
     for name, ratio, target in ratios:
         verdict = "met" if ratio >= target else "MISSED"
         print(f"  {name:<36}{ratio:6.2f}x  (>= {target}x: {verdict})")
+    calm = rows["hot GET at half the peak rate"]
+    verdict = "met" if calm.p99 < 2 else "MISSED"
+    print(f"  hot GET p99 at {calm.rps / hot:.0%} of the peak rate: {calm.p99:.2f} ms"
+          f"  (< 2 ms at half the peak: {verdict})")  # fmt: skip
     print(f"  store reads for 1,000 concurrent misses of one key: {stampede} (target 1)")
     scaling = rows["owner-direct GET, 2 nodes"].rps / rows["owner-direct GET, 1 node"].rps
     print(f"  2 nodes / 1 node, requests sent to owners (the smart client): {scaling:.2f}x")

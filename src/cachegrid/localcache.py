@@ -5,8 +5,8 @@ Owns: the entries of the keys this node serves, LRU eviction, and byte accountin
 Invariants:
 - At most ``max_entries`` entries and ``max_bytes`` accounted bytes at any time; an entry
   larger than ``max_bytes`` on its own is not cached at all.
-- An entry is immutable, and carries the exact response body a hit returns, built once at
-  insertion, so a hit allocates nothing but the response.
+- An entry is immutable, and carries the exact body and headers a hit returns, encoded
+  once at insertion, so a hit only joins them to the node's per-second prefix.
 - Synchronous and not thread-safe: the node calls it from its event loop only, and decides
   *what* may be cached (see node.py); this module only keeps it. No I/O.
 """
@@ -21,17 +21,18 @@ from cachegrid.version import Version
 
 # Per-entry memory beyond the body and the key's characters: the Entry, its Version and
 # ETag, the key object, and cachetools' bookkeeping (its dicts and LRU order). Measured by
-# bench/memory.py (1M small entries: 603 bytes each in memory); keeps the byte limit honest.
-ENTRY_OVERHEAD = 470
+# bench/memory.py (1M small entries: 685 bytes each in memory); keeps the byte limit honest.
+ENTRY_OVERHEAD = 523
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     version: Version
     tombstone: bool
-    body: bytes  # the full 200 response of a GET; empty for a tombstone
+    body: bytes  # the JSON document a GET answers; empty for a tombstone
     etag: str  # '"<version>"'
-    size: int  # accounted bytes: body, key and ENTRY_OVERHEAD
+    head: bytes  # the entry's own HTTP headers, pre-encoded (http/wire.py); b"" if tombstone
+    size: int  # accounted bytes: body, head, key and ENTRY_OVERHEAD
 
 
 def _size(entry: Entry) -> int:

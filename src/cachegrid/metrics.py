@@ -22,6 +22,7 @@ from prometheus_client.metrics_core import (
 )
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Count:
@@ -107,6 +108,10 @@ class Metrics:
         self.store_seconds = self._family(
             "cachegrid_store_quorum_seconds", "Quorum store operation latency, by operation.",
             ("op",), LATENCY_BUCKETS)  # fmt: skip
+        self.store_batch_keys = self._family(
+            "cachegrid_store_batch_keys",
+            "Keys per store call: concurrent fills and writes share one replica round.",
+            ("op",), BATCH_BUCKETS)  # fmt: skip
         self.handoff_wait = self._series(
             "cachegrid_handoff_wait_seconds",
             "Time requests waited for their key's range to become active here.",

@@ -1,4 +1,5 @@
-"""The owner's read and write paths (DESIGN.md §4), independent of HTTP.
+"""The owner's read and write paths (DESIGN.md §4), independent of HTTP (except that a
+cache entry carries its headers pre-encoded, built by http/wire.py, so a hit sends bytes).
 
 Owns: what a node does with a request for a key it owns — cache hits, single-flight fills,
 per-key serialized writes with preconditions and versions — and how it releases keys on
@@ -39,7 +40,9 @@ from typing import Protocol
 
 import orjson
 
+from cachegrid.batching import Batcher
 from cachegrid.errors import (
+    CachegridError,
     Indeterminate,
     NotFound,
     StoreUnavailable,
@@ -47,6 +50,7 @@ from cachegrid.errors import (
     VersionMismatch,
     WriteIndeterminate,
 )
+from cachegrid.http.wire import entry_head
 from cachegrid.localcache import ENTRY_OVERHEAD, Entry, LocalCache
 from cachegrid.metrics import Metrics
 from cachegrid.ring import Member, Ring
@@ -118,13 +122,16 @@ def make_entry(key: str, record: Record | None) -> Entry:
     """The cache entry for a stored record (None: never written)."""
     if record is None or record.tombstone:
         version = record.version if record else ZERO
-        return Entry(version, True, b"", f'"{version}"', len(key) + ENTRY_OVERHEAD)
+        return Entry(version, True, b"", f'"{version}"', b"", len(key) + ENTRY_OVERHEAD)
     version = str(record.version)
     body = b"".join(
         (b'{"key":', orjson.dumps(key), b',"value":', record.value,
          b',"version":"', version.encode(), b'"}')
     )  # fmt: skip
-    return Entry(record.version, False, body, f'"{version}"', len(body) + len(key) + ENTRY_OVERHEAD)
+    etag = f'"{version}"'
+    head = entry_head(etag, len(body))
+    size = len(body) + len(head) + len(key) + ENTRY_OVERHEAD
+    return Entry(record.version, False, body, etag, head, size)
 
 
 class Node:
@@ -139,6 +146,7 @@ class Node:
         metrics: Metrics | None = None,
         stale_check_every: int = 100,
         stale_checks_per_second: float = 20.0,
+        max_batch: int = 64,
     ) -> None:
         self.node_id = node_id
         self.owner = owner
@@ -157,6 +165,13 @@ class Node:
         self._miss = self.metrics.cache_results.labels("miss")
         self._read_seconds = self.metrics.store_seconds.labels("read")
         self._write_seconds = self.metrics.store_seconds.labels("write")
+        self._read_batch_keys = self.metrics.store_batch_keys.labels("read")
+        self._write_batch_keys = self.metrics.store_batch_keys.labels("write")
+        # Store calls made in the same loop turn go out as one batch (batching.py).
+        self._reads: Batcher[str, Record | None] = Batcher(self._read_batch, max_batch=max_batch)
+        self._writes: Batcher[tuple[str, Record], Version] = Batcher(
+            self._write_batch, max_batch=max_batch
+        )
         # The inconsistency detector re-reads one hit in ``stale_check_every`` (0: never).
         # and at most ``stale_checks_per_second`` of them, whatever the load: one slot, and
         # samples that find it taken are dropped.
@@ -208,7 +223,7 @@ class Node:
         self.metrics.fills.inc()
         started = time.perf_counter()
         try:
-            record = await self.store.read(key)
+            record = await self._reads.submit(key)
         finally:
             # A write may have detached this fill and a newer one taken its place: remove
             # only our own. (A detached fill is already invalidated: nothing is lost.)
@@ -221,6 +236,11 @@ class Node:
         if not fill.invalidated and not newer_cached and self.owner.can_serve(key):
             self.cache.put(key, entry)
         return entry
+
+    async def _read_batch(self, keys: list[str]) -> list[Record | CachegridError | None]:
+        self._read_batch_keys.observe(len(keys))
+        result = await self.store.read_many(keys)
+        return [result.errors[key] if key in result.errors else result.records[key] for key in keys]
 
     # -- writes -------------------------------------------------------------------------
 
@@ -261,7 +281,7 @@ class Node:
     async def _store_and_cache(self, key: str, record: Record) -> None:
         started = time.perf_counter()
         try:
-            stored = await self.store.write(key, record)
+            stored = await self._writes.submit((key, record))
         except (StoreUnavailable, WriteIndeterminate):
             self.cache.evict(key)
             raise
@@ -285,6 +305,10 @@ class Node:
             self.cache.evict(key)
             return
         self.cache.put(key, make_entry(key, record))
+
+    async def _write_batch(self, items: list[tuple[str, Record]]) -> list[Version | CachegridError]:
+        self._write_batch_keys.observe(len(items))
+        return await self.store.write_many(items)
 
     # -- handoff ------------------------------------------------------------------------
 

@@ -54,17 +54,23 @@ class LateReads:
         self.armed = False
 
     async def read(self, key):
-        record = await self.store.read(key)
+        return await self._late(self.store.read(key))
+
+    async def read_many(self, keys):  # the node's fills read in batches
+        return await self._late(self.store.read_many(keys))
+
+    async def _late(self, call):
+        result = await call
         if self.armed:
             self.armed = False
             await asyncio.sleep(0.05)
-        return record
-
-    async def read_many(self, keys):
-        return await self.store.read_many(keys)
+        return result
 
     async def write(self, key, record):
         return await self.store.write(key, record)
+
+    async def write_many(self, items):
+        return await self.store.write_many(items)
 
 
 async def test_a_fill_that_overlaps_a_write_never_caches_the_older_value(redis_servers) -> None:

@@ -45,6 +45,25 @@ async def test_write_then_read_delete_and_batch(redis_servers, quorum_store) -> 
     assert await copies(servers, "b") == [rec(1, b"[1]")] * 3
 
 
+async def test_write_many_reports_each_item_as_write_would(redis_servers, quorum_store) -> None:
+    servers = redis_servers(3)
+    store = quorum_store([s.endpoint for s in servers], max_value_bytes=100)
+    await store.write("newer", rec(9))
+    outcomes = await store.write_many(
+        [("a", rec(1)), ("big", rec(1, b"x" * 101)), ("", rec(1)), ("newer", rec(2))]
+    )
+    assert outcomes[0] == Version(1, 1)
+    assert isinstance(outcomes[1], TooLarge)
+    assert isinstance(outcomes[2], BadRequest)
+    assert outcomes[3] == Version(1, 9)  # the store already held a newer version
+    assert await copies(servers, "a") == [rec(1)] * 3
+    assert await copies(servers, "big") == [None] * 3  # refused before any replica
+    servers[1].kill()
+    servers[2].kill()
+    failed = await store.write_many([("a", rec(2)), ("b", rec(2))])
+    assert all(isinstance(outcome, WriteIndeterminate) for outcome in failed)
+
+
 async def test_a_write_older_than_the_stored_version_reports_the_newer_one(
     redis_servers, quorum_store
 ) -> None:

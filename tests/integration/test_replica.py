@@ -100,3 +100,26 @@ async def test_unreachable_replica_fails_definitely_and_opens_its_breaker(ports)
     assert not replica.is_up()
     assert replica.health.snapshot(0)["errors"] == Replica.failure_threshold
     await replica.close()
+
+
+async def test_a_batch_is_one_script_call_and_a_failure_midway_is_not_definite(
+    redis_servers,
+) -> None:
+    """Redis keeps what a script wrote before it failed, so a batch that fails on a later
+    key may have applied earlier ones: never 'definitely not applied' unless it had one."""
+    (server,) = redis_servers(1)
+    raw = aioredis.Redis(host="127.0.0.1", port=server.port)
+    await raw.set("cg:wrong-type", "a string, not a hash")  # HMGET on it fails
+    replica = Replica(server.endpoint, timeout=2)
+    batch = [(f"b{i}", rec(1, i)) for i in range(50)]
+    assert await replica.write(batch) == [Version(1, i) for i in range(50)]
+    assert await replica.read([key for key, _ in batch]) == [r for _, r in batch]
+    with pytest.raises(ReplicaError) as failure:
+        await replica.write([("first", rec(1, 1)), ("wrong-type", rec(1, 1))])
+    assert not failure.value.definite
+    assert await replica.read(["first"]) == [rec(1, 1)]  # applied, though the call failed
+    with pytest.raises(ReplicaError) as failure:
+        await replica.write([("wrong-type", rec(1, 1))])
+    assert failure.value.definite  # one item, refused: it did not apply
+    await replica.close()
+    await raw.aclose()

@@ -48,5 +48,5 @@ def test_replacing_an_entry_keeps_the_accounting_exact() -> None:
 
 def test_the_accounted_size_covers_body_key_and_overhead() -> None:
     e = entry("key", size=10)
-    assert e.size == len(e.body) + len("key") + ENTRY_OVERHEAD
+    assert e.size == len(e.body) + len(e.head) + len("key") + ENTRY_OVERHEAD
     assert e.body == b'{"key":"key","value":"xxxxxxxxxx","version":"1.1"}'

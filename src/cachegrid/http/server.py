@@ -37,7 +37,9 @@ from cachegrid.errors import (
     UnsupportedMediaType,
 )
 from cachegrid.forward import HOPS_HEADER, Forwarder
+from cachegrid.http.wire import EncodedResponse, HitPrefix, usable
 from cachegrid.keys import check_key
+from cachegrid.localcache import Entry
 from cachegrid.metrics import Metrics
 from cachegrid.node import ANY, Condition, Node, NotOwner
 from cachegrid.version import Version
@@ -50,7 +52,8 @@ EPOCH_HEADER = "X-Cachegrid-Epoch"
 # Room for the {"value": ...} envelope around the largest value.
 ENVELOPE_BYTES = 64 * 1024
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Answer = web.StreamResponse | EncodedResponse
+Handler = Callable[[web.Request], Awaitable[Answer]]
 
 
 class Admission:
@@ -82,6 +85,8 @@ class Api:
         self.max_value_bytes = max_value_bytes
         self.max_batch = max_batch
         self.node_id = node.node_id
+        self._hit_prefix = HitPrefix(self.node_id, "hit")
+        self._miss_prefix = HitPrefix(self.node_id, "miss")
 
     def add_routes(self, app: web.Application) -> None:
         """Every route, each with a JSON 405 for other methods; a JSON 404 for the rest."""
@@ -104,7 +109,7 @@ class Api:
 
     # -- key-value --------------------------------------------------------------------
 
-    async def get(self, request: web.Request) -> web.StreamResponse:
+    async def get(self, request: web.Request) -> Answer:
         key = request.match_info["key"]
         entry = self.node.hit(key)  # the hot path: no validation needed, nothing awaited
         hit = entry is not None
@@ -114,9 +119,18 @@ class Api:
                 entry, hit = await self.node.get(key)
             except NotOwner as moved:
                 return await self._forward(request, moved)
-        cache = "hit" if hit else "miss"
         if entry.tombstone:
-            return error_response(NotFound(f"no such key: {key[:100]}"), self.node_id, cache)
+            error = NotFound(f"no such key: {key[:100]}")
+            return error_response(error, self.node_id, "hit" if hit else "miss")
+        return self._found(request, entry, hit)
+
+    def _found(self, request: web.Request, entry: Entry, hit: bool) -> Answer:
+        """The 200 answer: pre-encoded bytes where HTTP/1.1 keep-alive allows (http/wire.py,
+        the fast path), else an ordinary response with the same headers."""
+        cache = "hit" if hit else "miss"
+        if usable(request):
+            prefix = (self._hit_prefix if hit else self._miss_prefix).current()
+            return EncodedResponse(b"".join((prefix, entry.head, entry.body)), cache)
         return web.Response(
             body=entry.body,
             content_type=JSON,
@@ -351,7 +365,7 @@ def guarded(
             counter = responses[status] = metrics.responses.labels(route, str(status))
         counter.inc()
 
-    async def run(request: web.Request) -> web.StreamResponse:
+    async def run(request: web.Request) -> Answer:
         started = time.perf_counter()
         if admission is not None:
             if admission.current >= admission.limit:
@@ -373,7 +387,10 @@ def guarded(
         finally:
             if admission is not None:
                 admission.current -= 1
-        cache = response.headers.get("X-Cache", "")
+        if type(response) is EncodedResponse:
+            cache = response.cache
+        else:
+            cache = response.headers.get("X-Cache", "")
         record(response.status, cache if cache in latency else "", started)
         return response
 

@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from cachegrid.config import StoreConfig
+from cachegrid.errors import CachegridError
 from cachegrid.store.quorum import BatchRead, QuorumStore, RepairReport
 from cachegrid.store.record import Record
 from cachegrid.store.replica import Replica
@@ -21,7 +22,8 @@ class Store(Protocol):
     Failure behaviour: ``read``/``read_many`` raise (or report per key) ``StoreUnavailable``
     when no majority answered in time; retrying is safe. ``write`` raises ``StoreUnavailable``
     when the write was applied nowhere and ``WriteIndeterminate`` when it may have been;
-    ``TooLarge``/``BadRequest`` before touching any replica.
+    ``TooLarge``/``BadRequest`` before touching any replica. ``write_many`` reports the
+    same per item, and sends the batch in one round per replica.
     """
 
     async def read(self, key: str) -> Record | None: ...
@@ -29,6 +31,10 @@ class Store(Protocol):
     async def read_many(self, keys: Iterable[str]) -> BatchRead: ...
 
     async def write(self, key: str, record: Record) -> Version: ...
+
+    async def write_many(
+        self, items: Sequence[tuple[str, Record]]
+    ) -> list[Version | CachegridError]: ...
 
 
 def open_store(config: StoreConfig) -> QuorumStore:

@@ -121,28 +121,66 @@ class QuorumStore:
 
         That is ``record.version`` unless a replica already held a newer version.
         """
-        check_key(key, self.max_key_bytes)
+        (outcome,) = await self.write_many([(key, record)])
+        if isinstance(outcome, CachegridError):
+            raise outcome
+        return outcome
+
+    async def write_many(
+        self, items: Sequence[tuple[str, Record]]
+    ) -> list[Version | CachegridError]:
+        """``write`` for each (key, record), with one round per replica: per item, the
+        version ``write`` would return or the error it would raise."""
+        outcomes: list[Version | CachegridError] = []
+        valid: list[tuple[str, Record]] = []
+        for key, record in items:
+            problem = self._write_problem(key, record)
+            outcomes.append(problem or ZERO)
+            if problem is None:
+                valid.append((key, record))
+        if valid:
+            results = iter(await self._write_majority(valid))
+            outcomes = [o if isinstance(o, CachegridError) else next(results) for o in outcomes]
+        return outcomes
+
+    def _write_problem(self, key: str, record: Record) -> CachegridError | None:
+        """Why ``record`` may not be written at all (checked before any replica sees it).
+        A version out of range is a bug of the caller: ValueError, for the whole call."""
         record.version.check()
+        try:
+            check_key(key, self.max_key_bytes)
+        except CachegridError as error:
+            return error
         if len(record.value) > self.max_value_bytes:
-            raise TooLarge(
+            return TooLarge(
                 f"value is {len(record.value)} bytes, the limit is {self.max_value_bytes}"
             )
+        return None
+
+    async def _write_majority(
+        self, items: list[tuple[str, Record]]
+    ) -> list[Version | CachegridError]:
         deadline = self._clock() + self.timeout
-        tasks = {
-            self._spawn(replica.write([(key, record)])): replica for replica in self._targets()
-        }
-        acks: list[Version] = []
+        tasks = {self._spawn(replica.write(items)): replica for replica in self._targets()}
+        acks: list[list[Version]] = []  # per replica that answered: a version per item
         failures: list[ReplicaError] = []
 
         def on_done(task: asyncio.Task[list[Version]]) -> None:
-            _collect(task, acks, failures)
+            error = task.exception()
+            if error is None:
+                acks.append(task.result())
+            elif isinstance(error, ReplicaError):
+                failures.append(error)
+            else:
+                raise error
 
         await self._until(tasks, deadline, on_done, lambda: len(acks) >= self.majority)
         if len(acks) >= self.majority:
-            return max(acks)
+            return [max(versions) for versions in zip(*acks, strict=True)]
         # Replicas left out by _targets were never sent the write: they do not count here.
         unanswered = len(tasks) - len(acks) - len(failures)
-        raise self._write_failure(acks, failures, unanswered)
+        error = self._write_failure(len(acks), failures, unanswered)
+        return [error] * len(items)
 
     async def repair(self, batch: int = 256) -> RepairReport:
         """Anti-entropy: copy the newest record of every key to every replica that lags.
@@ -248,11 +286,11 @@ class QuorumStore:
     # -- writes -----------------------------------------------------------------------
 
     def _write_failure(
-        self, acks: list[Version], failures: list[ReplicaError], unanswered: int
+        self, acks: int, failures: list[ReplicaError], unanswered: int
     ) -> CachegridError:
         reasons = "; ".join(failure.message for failure in failures) or "no replica answered"
         summary = (
-            f"{len(acks)} of {len(self.replicas)} replicas acknowledged, "
+            f"{acks} of {len(self.replicas)} replicas acknowledged, "
             f"{self.majority} needed ({reasons})"
         )
         if not acks and unanswered == 0 and all(failure.definite for failure in failures):
@@ -368,15 +406,3 @@ def _succeeded(task: asyncio.Task[Any]) -> bool:
 
 def _decodable(answers: dict[Replica, Answer], index: int) -> int:
     return sum(not isinstance(answer[index], ReplicaCorrupt) for answer in answers.values())
-
-
-def _collect(
-    task: asyncio.Task[list[Version]], acks: list[Version], failures: list[ReplicaError]
-) -> None:
-    error = task.exception()
-    if error is None:
-        acks.append(task.result()[0])
-    elif isinstance(error, ReplicaError):
-        failures.append(error)
-    else:
-        raise error

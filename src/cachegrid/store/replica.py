@@ -42,17 +42,35 @@ from cachegrid.version import Version
 
 T = TypeVar("T")
 
-# Returns the version stored after the call: ARGV's when written, the existing newer (or
-# equal) one when not. The caller compares it with its own to learn what happened.
+# For each key, with four ARGV (epoch, seq, tombstone flag, value) per key: write the record
+# only if it is newer, and return the version stored afterwards, ARGV's when written, the
+# existing newer (or equal) one when not. The caller compares it with its own to learn what
+# happened. A batch is one script call, so one round trip, whatever its size.
 SET_IF_NEWER = """
-local cur = redis.call('HMGET', KEYS[1], 'e', 's')
-local ce, cs = tonumber(cur[1]), tonumber(cur[2])
-local ne, ns = tonumber(ARGV[1]), tonumber(ARGV[2])
-if ce and cs and (ce > ne or (ce == ne and cs >= ns)) then
-  return {cur[1], cur[2]}
+local out = {}
+for i, key in ipairs(KEYS) do
+  local a = (i - 1) * 4
+  local cur = redis.call('HMGET', key, 'e', 's')
+  local ce, cs = tonumber(cur[1]), tonumber(cur[2])
+  local ne, ns = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  if ce and cs and (ce > ne or (ce == ne and cs >= ns)) then
+    out[i] = {cur[1], cur[2]}
+  else
+    redis.call('HSET', key, 'e', ARGV[a + 1], 's', ARGV[a + 2], 't', ARGV[a + 3],
+               'v', ARGV[a + 4])
+    out[i] = {ARGV[a + 1], ARGV[a + 2]}
+  end
 end
-redis.call('HSET', KEYS[1], 'e', ARGV[1], 's', ARGV[2], 't', ARGV[3], 'v', ARGV[4])
-return {ARGV[1], ARGV[2]}
+return out
+"""
+
+# The fields of each key (absent ones as nil), in one script call for a batch of keys.
+READ_MANY = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('HMGET', key, 'e', 's', 't', 'v')
+end
+return out
 """
 
 
@@ -114,6 +132,7 @@ class Replica:
             health_check_interval=0,
         )
         self._set_if_newer = self._redis.register_script(SET_IF_NEWER)
+        self._read_many = self._redis.register_script(READ_MANY)
         # Bounds the calls holding (or waiting for) a connection; waiting counts
         # against the call's timeout, so a stuck replica sheds load instead of queueing.
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -132,25 +151,26 @@ class Replica:
         async def run() -> list[list[bytes | None]]:
             if len(keys) == 1:
                 return [await self._redis.hmget(redis_key(keys[0]), FIELDS)]
-            # As a context manager, so a pipeline cancelled by a timeout is still released.
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.hmget(redis_key(key), FIELDS)
-                return await pipe.execute()
+            return await self._read_many([redis_key(key) for key in keys])
 
         return [self._decode(fields) for fields in await self._call(run)]
 
     async def write(self, items: Sequence[tuple[str, Record]]) -> list[Version]:
         """Set-if-newer each (key, record); the version stored afterwards, per item."""
 
+        keys = [redis_key(key) for key, _ in items]
+        args = [arg for _, record in items for arg in encode_args(record)]
+
         async def run() -> list[list[bytes]]:
-            if len(items) == 1:
-                key, record = items[0]
-                return [await self._set_if_newer([redis_key(key)], encode_args(record))]
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key, record in items:
-                    await self._set_if_newer([redis_key(key)], encode_args(record), client=pipe)
-                return await pipe.execute()
+            try:
+                return await self._set_if_newer(keys, args)
+            except rexc.ResponseError as error:
+                if len(items) == 1:
+                    raise
+                # Redis does not undo a script's earlier writes when a later one fails.
+                raise ReplicaError(
+                    f"{self.addr}: failed mid-batch: {error}", definite=False
+                ) from error
 
         replies = await self._call(run)
         try:

@@ -1,0 +1,82 @@
+"""Pre-encoded HTTP/1.1 answers for cache hits: the bytes a hit writes, built once per entry.
+
+Owns: the exact wire form of a 200 GET answer, and writing it straight to the connection.
+aiohttp's ``web.Response`` builds a header multidict, formats and serializes it for every
+answer; on a hit that costs more than everything else the node does (bench/harness.py), so
+the fixed parts are encoded ahead: the status line and per-node headers once a second (the
+Date changes), and each entry's own headers (ETag, Content-Length) once, when it is cached.
+
+Invariants:
+- What is written is a complete HTTP/1.1 response with the same headers the ordinary path
+  sends (Content-Type, ETag, X-Cache, X-Cachegrid-Node, Content-Length, plus Date).
+- Only for HTTP/1.1 keep-alive requests (``usable``): anything else (HTTP/1.0, Connection:
+  close) takes the ordinary ``web.Response`` path, which knows those rules.
+- Back-pressure holds: past the transport's high-water mark, the answer waits for the
+  buffer to drain, as aiohttp's own writer does, so a client that pipelines requests
+  without reading cannot make the node buffer without bound.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+
+from aiohttp import web
+from aiohttp.http import HttpVersion11
+
+# Above this many bytes waiting in the transport, a hit awaits the drain.
+HIGH_WATER = 64 * 1024
+
+
+def entry_head(etag: str, body_length: int) -> bytes:
+    """An entry's own headers and the blank line that ends them; the body follows."""
+    return b"ETag: %s\r\nContent-Length: %d\r\n\r\n" % (etag.encode(), body_length)
+
+
+class HitPrefix:
+    """The status line and the headers that are the same for every hit of this node
+    (``X-Cache`` is ``hit`` or ``miss``), re-encoded when the second (the Date) changes."""
+
+    def __init__(self, node_id: str, cache: str) -> None:
+        self._fixed = (
+            f"X-Cache: {cache}\r\nX-Cachegrid-Node: {node_id}\r\nContent-Type: application/json\r\n"
+        ).encode()
+        self._second = -1
+        self._bytes = b""
+
+    def current(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            date = formatdate(now, usegmt=True).encode()
+            self._bytes = b"HTTP/1.1 200 OK\r\nDate: " + date + b"\r\n" + self._fixed
+            self._second = now
+        return self._bytes
+
+
+def usable(request: web.BaseRequest) -> bool:
+    """True if the request may be answered with pre-encoded bytes."""
+    return request.version == HttpVersion11 and request.keep_alive
+
+
+class EncodedResponse:
+    """An answer already encoded: what aiohttp's request handler needs of a response
+    (``prepare``, ``write_eof``, ``keep_alive``), and what the API's metrics read."""
+
+    __slots__ = ("_data", "cache")
+    status = 200
+    keep_alive = True  # only built for keep-alive requests (see ``usable``)
+
+    def __init__(self, data: bytes, cache: str) -> None:
+        self._data = data
+        self.cache = cache
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("the client went away before its answer")
+        transport.write(self._data)
+        if transport.get_write_buffer_size() > HIGH_WATER:
+            await request.writer.drain()
+
+    async def write_eof(self) -> None:
+        """Nothing: the answer was written whole by ``prepare``."""
