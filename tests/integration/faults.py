@@ -9,6 +9,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import aiohttp
+
 from cachegrid.proof.checker import check
 from cachegrid.proof.history import OK, UNKNOWN
 from cachegrid.proof.recorder import Recorder
@@ -77,13 +79,15 @@ class ScenarioResult:
     availability: float  # share of ops with a definite answer
     longest_gap: float  # longest time with no successful op, in seconds
     violations: list[str]
+    shared_batches: int  # store calls (fills, writes) that carried more than one key
 
     def row(self) -> str:
         ok = self.outcomes.get("ok", 0)
         failed = self.outcomes.get("failed", 0)
         unknown = self.outcomes.get("unknown", 0)
         cells = [self.name, self.ops, ok, failed, unknown, f"{self.availability:.1%}",
-                 len(self.violations), f"{self.longest_gap:.2f} s"]  # fmt: skip
+                 len(self.violations), f"{self.longest_gap:.2f} s",
+                 self.shared_batches]  # fmt: skip
         return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
 
@@ -121,4 +125,21 @@ async def run_scenario(
     return ScenarioResult(
         name, len(recorder.history), outcomes,
         len(definite) / max(len(recorder.history), 1), max(gaps, default=0.0), violations,
+        await shared_batches(final_urls or urls),
     )  # fmt: skip
+
+
+async def shared_batches(urls: list[str]) -> int:
+    """How many store calls of these nodes carried more than one key (batching.py), from
+    their metrics: the checked history exercised batching only if this is above 0."""
+    total = 0
+    async with aiohttp.ClientSession() as http:
+        for url in urls:
+            async with http.get(f"{url}/metrics") as response:
+                page = await response.text()
+            for line in page.splitlines():
+                if line.startswith("cachegrid_store_batch_keys_count"):
+                    total += int(float(line.split()[-1]))
+                elif line.startswith("cachegrid_store_batch_keys_bucket") and 'le="1.0"' in line:
+                    total -= int(float(line.split()[-1]))
+    return total

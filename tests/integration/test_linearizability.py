@@ -26,6 +26,7 @@ def report(result: ScenarioResult) -> None:
             table.write(result.row() + "\n")
     assert result.violations == [], "\n\n".join(result.violations[:3])
     assert result.outcomes.get("ok", 0) > 100, result.outcomes
+    assert result.shared_batches > 0, "no store call carried two keys: batching went unchecked"
 
 
 async def start(fresh_cluster, **options):

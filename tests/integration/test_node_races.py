@@ -93,3 +93,26 @@ async def test_a_fill_that_overlaps_a_write_never_caches_the_older_value(redis_s
         assert entry.version == version, "the cache went back to an older version"
         late.armed = False
     await store.close()
+
+
+async def test_a_fill_overlapping_a_write_is_not_cached_even_after_the_write_was_evicted(
+    redis_servers,
+) -> None:
+    """The write's own entry guards the cache only while it stays there: once it is evicted,
+    a slow fill that read the old value must still not cache it (the write invalidated it)."""
+    servers = redis_servers(3)
+    store = QuorumStore([Replica(s.endpoint, timeout=2) for s in servers], timeout=2)
+    late = LateReads(store)
+    node = Node("solo", AlwaysOwner(), late, LocalCache(1, 10_000), stale_check_every=0)
+    await node.put("k", b"1")
+    node.flush()
+    late.armed = True
+    reader = asyncio.create_task(node.get("k"))  # a miss: its fill reads "1", answers late
+    await asyncio.sleep(0.02)
+    version = await node.put("k", b"2")
+    await node.put("other", b"0")  # a cache of one entry: "k" is evicted
+    old, _ = await reader
+    assert old.body.endswith(b',"value":1,"version":"1.1"}')  # concurrent: the old value is fine
+    entry, _ = await node.get("k")
+    assert entry.version == version, "a fill that overlapped the write cached the old value"
+    await store.close()
