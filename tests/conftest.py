@@ -118,29 +118,37 @@ def start_cluster(
     nodes: int = 3,
     replicas: int = 3,
     node_config: str = "",
-    etcd_via: Callable[[str], dict[int, str]] | None = None,
+    via: Callable[[int, str, str], str] | None = None,
 ) -> Cluster:
     """Start a whole cluster; the caller stops it (``Cluster.stop``).
 
-    ``etcd_via(etcd_endpoint)`` may map node indexes to another etcd endpoint for them
-    (a fault-injecting proxy in front of etcd).
+    ``via(node_index, service, endpoint)`` may give a node another address for a service
+    (``"etcd"``, ``"redis0"``, ``"redis1"``...): a fault-injecting proxy in front of it.
+    By default every node uses the endpoints themselves.
     """
     etcd = etcd_cluster(base / "etcd", ports, 1)
     redis = [RedisServer(base / f"redis{i}", ports.take()) for i in range(replicas)]
     base.mkdir(parents=True, exist_ok=True)
     config = base / "cachegrid.toml"
     cluster = Cluster(etcd, redis, [], config)
+    replica_list = ", ".join(f'"{r.endpoint}"' for r in redis)
     config.write_text(
         f'[etcd]\nendpoints = ["{etcd[0].endpoint}"]\n\n'
-        f"[store]\nreplicas = [{', '.join(repr(r.endpoint) for r in redis)}]\n"
+        f"[store]\nreplicas = [{replica_list}]\n"
         "timeout = 0.5\nmax_value_bytes = 65536\n\n"
         f'[node]\nlease_ttl = 2\nlease_margin = 0.3\nadmin_token = "{cluster.admin_token}"\n'
         + node_config
     )
     configs = [config] * nodes
-    for index, endpoint in (etcd_via(etcd[0].endpoint) if etcd_via else {}).items():
-        configs[index] = base / f"node{index}.toml"
-        configs[index].write_text(config.read_text().replace(etcd[0].endpoint, endpoint))
+    if via is not None:
+        for index in range(nodes):
+            text = config.read_text()
+            services = {"etcd": etcd[0], **{f"redis{j}": r for j, r in enumerate(redis)}}
+            for service, server in services.items():
+                routed = via(index, service, server.endpoint)
+                text = text.replace(f'"{server.endpoint}"', f'"{routed}"')
+            configs[index] = base / f"node{index}.toml"
+            configs[index].write_text(text)
     cluster.nodes = [
         NodeProcess(base / f"node{i}", f"node{i}", ports.take(), configs[i]) for i in range(nodes)
     ]

@@ -71,6 +71,32 @@ class TcpProxy:
                 sink.close()
 
 
+class Relays:
+    """The TcpProxy relays a cluster is started through (``start_cluster(via=...)``).
+
+    ``route`` is called from the thread that starts the cluster; the relays run on the
+    test's event loop, where ``loop`` is.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wanted: Callable[[int, str], bool]):
+        self.loop = loop
+        self.wanted = wanted  # (node index, service) -> whether to relay that connection
+        self.by: dict[tuple[int, str], TcpProxy] = {}
+
+    def route(self, node: int, service: str, endpoint: str) -> str:
+        if not self.wanted(node, service):
+            return endpoint
+        host, _, port = endpoint.rpartition(":")
+        proxy = TcpProxy(host, int(port))
+        listening = asyncio.run_coroutine_threadsafe(proxy.start(), self.loop).result(10)
+        self.by[(node, service)] = proxy
+        return f"127.0.0.1:{listening}"
+
+    async def close(self) -> None:
+        for proxy in self.by.values():
+            await proxy.close()
+
+
 @dataclass
 class ScenarioResult:
     name: str

@@ -13,7 +13,7 @@ import os
 import aiohttp
 import pytest
 
-from tests.integration.faults import ScenarioResult, TcpProxy, run_scenario
+from tests.integration.faults import Relays, ScenarioResult, run_scenario
 
 TTL = 2
 pytestmark = pytest.mark.slow
@@ -115,24 +115,53 @@ async def test_rolling_restart_of_every_node(fresh_cluster) -> None:
 
 
 async def test_a_node_cut_off_from_etcd_but_not_from_the_store(fresh_cluster) -> None:
-    proxies: list[TcpProxy] = []
-    loop = asyncio.get_running_loop()
-
-    def through_proxy(etcd_endpoint: str) -> dict[int, str]:
-        host, _, port = etcd_endpoint.rpartition(":")
-        proxy = TcpProxy(host, int(port))
-        proxies.append(proxy)
-        listening = asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(10)
-        return {0: f"127.0.0.1:{listening}"}
-
-    cluster = await start(fresh_cluster, etcd_via=through_proxy)
+    relays = Relays(
+        asyncio.get_running_loop(), lambda node, service: (node, service) == (0, "etcd")
+    )
+    cluster = await start(fresh_cluster, via=relays.route)
+    to_etcd = relays.by[(0, "etcd")]
 
     async def fault() -> None:
-        proxies[0].partition()
+        to_etcd.partition()
         await asyncio.sleep(TTL + 2)
-        proxies[0].heal()
+        to_etcd.heal()
 
     try:
         report(await run_scenario("node cut off from etcd", cluster.urls, fault))
     finally:
-        await proxies[0].close()
+        await relays.close()
+
+
+async def test_each_node_cut_off_from_a_different_replica(fresh_cluster) -> None:
+    """Every node keeps a majority of the store, but not the same majority, and the
+    majorities shift: node i loses replica i + shift, for shift 0, 1, 2, then all heal.
+    Caches are flushed and keys change owners meanwhile, so reads go to the store through
+    different majorities; only intersection and write-back keep them linearizable."""
+    relays = Relays(asyncio.get_running_loop(), lambda node, service: service != "etcd")
+    cluster = await start(fresh_cluster, via=relays.route)
+
+    def cut(shift: int) -> None:
+        for (node, service), proxy in relays.by.items():
+            if service == f"redis{(node + shift) % 3}":
+                proxy.partition()
+            else:
+                proxy.heal()
+
+    async def fault() -> None:
+        for shift in range(3):
+            cut(shift)
+            for _ in range(10):  # each flush makes the next read of every key a fill
+                await admin(cluster, "/admin/flush", {"all": True})
+                await asyncio.sleep(0.15)
+            weights = {f"node{i}": 3 if i == shift else 1 for i in range(3)}
+            await admin(cluster, "/admin/rebalance", {"weights": weights})
+        for proxy in relays.by.values():
+            proxy.heal()
+
+    try:
+        result = await run_scenario(
+            "each node cut off from another replica", cluster.urls, fault, duration=10.0
+        )
+        report(result)
+    finally:
+        await relays.close()
