@@ -49,6 +49,7 @@ class TcpProxy:
         task = asyncio.current_task()
         assert task is not None
         self._pipes.add(task)
+        upstream_writer: asyncio.StreamWriter | None = None
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
             await asyncio.gather(self._pump(reader, upstream_writer),
@@ -58,6 +59,9 @@ class TcpProxy:
         finally:
             self._pipes.discard(task)
             writer.close()
+            # Cancelled before the pumps started, they never closed it.
+            if upstream_writer is not None:
+                upstream_writer.close()
 
     async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:
