@@ -124,3 +124,14 @@ class ReplicaCorrupt(ReplicaError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, definite=False)
+
+
+def status_of(code: str) -> int:
+    """The HTTP status of an error ``code`` (as found in a JSON error body); 503 if unknown."""
+    pending: list[type[CachegridError]] = [CachegridError]
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls.status
+        pending.extend(cls.__subclasses__())
+    return Unavailable.status

@@ -108,10 +108,10 @@ class Metrics:
         self.store_seconds = self._family(
             "cachegrid_store_quorum_seconds", "Quorum store operation latency, by operation.",
             ("op",), LATENCY_BUCKETS)  # fmt: skip
-        self.store_batch_keys = self._family(
-            "cachegrid_store_batch_keys",
-            "Keys per store call: concurrent fills and writes share one replica round.",
-            ("op",), BATCH_BUCKETS)  # fmt: skip
+        self.batch_keys = self._family(
+            "cachegrid_batch_keys",
+            "Keys per batched call: store reads (fills) and writes, GETs forwarded to an owner.",
+            ("call",), BATCH_BUCKETS)  # fmt: skip
         self.handoff_wait = self._series(
             "cachegrid_handoff_wait_seconds",
             "Time requests waited for their key's range to become active here.",

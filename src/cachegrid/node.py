@@ -165,8 +165,8 @@ class Node:
         self._miss = self.metrics.cache_results.labels("miss")
         self._read_seconds = self.metrics.store_seconds.labels("read")
         self._write_seconds = self.metrics.store_seconds.labels("write")
-        self._read_batch_keys = self.metrics.store_batch_keys.labels("read")
-        self._write_batch_keys = self.metrics.store_batch_keys.labels("write")
+        self._read_batch_keys = self.metrics.batch_keys.labels("store_read")
+        self._write_batch_keys = self.metrics.batch_keys.labels("store_write")
         # Store calls made in the same loop turn go out as one batch (batching.py).
         self._reads: Batcher[str, Record | None] = Batcher(self._read_batch, max_batch=max_batch)
         self._writes: Batcher[tuple[str, Record], Version] = Batcher(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -109,7 +110,7 @@ class ScenarioResult:
     availability: float  # share of ops with a definite answer
     longest_gap: float  # longest time with no successful op, in seconds
     violations: list[str]
-    shared_batches: int  # store calls (fills, writes) that carried more than one key
+    shared_batches: dict[str, int]  # calls with more than one key, by kind (batching.py)
 
     def row(self) -> str:
         ok = self.outcomes.get("ok", 0)
@@ -117,7 +118,7 @@ class ScenarioResult:
         unknown = self.outcomes.get("unknown", 0)
         cells = [self.name, self.ops, ok, failed, unknown, f"{self.availability:.1%}",
                  len(self.violations), f"{self.longest_gap:.2f} s",
-                 self.shared_batches]  # fmt: skip
+                 ", ".join(f"{c} {n}" for c, n in sorted(self.shared_batches.items()))]  # fmt: skip
         return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
 
@@ -159,17 +160,22 @@ async def run_scenario(
     )  # fmt: skip
 
 
-async def shared_batches(urls: list[str]) -> int:
-    """How many store calls of these nodes carried more than one key (batching.py), from
-    their metrics: the checked history exercised batching only if this is above 0."""
-    total = 0
+async def shared_batches(urls: list[str]) -> dict[str, int]:
+    """How many batched calls of these nodes carried more than one key, by kind (store_read,
+    store_write, forward_get), from their metrics: the checked history exercised a kind of
+    batching only if its count is above 0."""
+    totals: dict[str, int] = {}
     async with aiohttp.ClientSession() as http:
         for url in urls:
             async with http.get(f"{url}/metrics") as response:
                 page = await response.text()
             for line in page.splitlines():
-                if line.startswith("cachegrid_store_batch_keys_count"):
-                    total += int(float(line.split()[-1]))
-                elif line.startswith("cachegrid_store_batch_keys_bucket") and 'le="1.0"' in line:
-                    total -= int(float(line.split()[-1]))
-    return total
+                kind = re.search(r'call="(\w+)"', line)
+                if kind is None or not line.startswith("cachegrid_batch_keys"):
+                    continue
+                count = int(float(line.split()[-1]))
+                if line.startswith("cachegrid_batch_keys_count"):
+                    totals[kind[1]] = totals.get(kind[1], 0) + count
+                elif line.startswith("cachegrid_batch_keys_bucket") and 'le="1.0"' in line:
+                    totals[kind[1]] = totals.get(kind[1], 0) - count
+    return totals

@@ -212,3 +212,52 @@ async def test_the_hop_limit_stops_forwarding_loops(http, cluster) -> None:
                                        headers={"X-Cachegrid-Hops": "2"})  # fmt: skip
     assert (status, body["error"]["code"]) == (503, "unavailable")
     assert headers["Retry-After"] == "1"
+
+
+async def test_batch_get_with_detail_says_who_served_each_key_and_how(http, cluster) -> None:
+    ring = await ring_of(http, cluster)
+    await call(http, "PUT", f"{cluster.urls[0]}/v1/kv/detail-a", json={"value": 1})
+    detailed = {"keys": ["detail-a", "detail-none"], "detail": True}
+    status, _, body = await call(http, "POST", f"{cluster.urls[1]}/v1/kv:batchGet", json=detailed)
+    assert status == 200
+    found, missing = body["items"]
+    assert (found["value"], found["cache"], found["node"]) == (1, "hit", ring.owner("detail-a"))
+    assert missing["error"]["code"] == "not_found"
+    assert missing["node"] == ring.owner("detail-none")
+    plain = (await call(http, "POST", f"{cluster.urls[1]}/v1/kv:batchGet",
+                        json={"keys": ["detail-a"]}))[2]  # fmt: skip
+    assert set(plain["items"][0]) == {"key", "value", "version"}  # no detail unless asked
+    bad = await call(http, "POST", f"{cluster.urls[1]}/v1/kv:batchGet",
+                     json={"keys": ["detail-a"], "detail": "yes"})  # fmt: skip
+    assert (bad[0], bad[2]["error"]["code"]) == (400, "bad_request")
+
+
+async def test_forwarded_gets_share_batches_and_answer_as_the_owner_would(http, cluster) -> None:
+    """GETs forwarded to one owner together travel as batches; each answer is the one the
+    owner gives directly: body, status, ETag, X-Cache and the serving node."""
+    ring = await ring_of(http, cluster)
+    owner_url, via = cluster.urls[0], cluster.urls[1]
+    keys = [k for k in (f"fwd-{i}" for i in range(600)) if ring.owner(k) == "node0"][:150]
+    for key in keys[:100]:  # the last 50 are never written: 404s
+        await call(http, "PUT", f"{owner_url}/v1/kv/{key}", json={"value": {"k": key}})
+
+    async def batches() -> float:
+        async with http.get(f"{owner_url}/metrics") as response:
+            page = await response.text()
+        return sum(float(line.split()[-1]) for line in page.splitlines()
+                   if line.startswith("cachegrid_responses_total")
+                   and 'route="POST /v1/kv:batchGet"' in line)  # fmt: skip
+
+    before = await batches()
+    forwarded = await asyncio.gather(*(call(http, "GET", f"{via}/v1/kv/{k}") for k in keys))
+    sent = await batches() - before
+    assert 1 <= sent < len(keys) / 2, f"{sent} batches for {len(keys)} forwarded GETs"
+    for key, (status, headers, body) in zip(keys, forwarded, strict=True):
+        direct_status, direct_headers, direct_body = await call(
+            http, "GET", f"{owner_url}/v1/kv/{key}"
+        )
+        assert (status, body) == (direct_status, direct_body)
+        for name in ("ETag", "X-Cachegrid-Node", "Content-Type"):
+            assert headers.get(name) == direct_headers.get(name), name
+        assert headers["X-Cache"] in ("hit", "miss")
+        assert headers["X-Cachegrid-Epoch"]

@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from cachegrid.batching import Batcher
 from cachegrid.coord.coordinator import Coordinator
 from cachegrid.errors import (
     BadRequest,
@@ -35,13 +37,15 @@ from cachegrid.errors import (
     TooLarge,
     Unavailable,
     UnsupportedMediaType,
+    status_of,
 )
-from cachegrid.forward import HOPS_HEADER, Forwarder
+from cachegrid.forward import HOPS_HEADER, Forwarded, Forwarder
 from cachegrid.http.wire import EncodedResponse, HitPrefix, usable
 from cachegrid.keys import check_key
 from cachegrid.localcache import Entry
 from cachegrid.metrics import Metrics
 from cachegrid.node import ANY, Condition, Node, NotOwner
+from cachegrid.ring import Member
 from cachegrid.version import Version
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,8 @@ class Api:
         self.max_value_bytes = max_value_bytes
         self.max_batch = max_batch
         self.node_id = node.node_id
+        self._owner_reads: dict[tuple[str, int], Batcher[str, Forwarded]] = {}
+        self._forward_batch_keys = node.metrics.batch_keys.labels("forward_get")
         self._hit_prefix = HitPrefix(self.node_id, "hit")
         self._miss_prefix = HitPrefix(self.node_id, "miss")
 
@@ -118,7 +124,7 @@ class Api:
             try:
                 entry, hit = await self.node.get(key)
             except NotOwner as moved:
-                return await self._forward(request, moved)
+                return await self._forward_get(request, key, moved)
         if entry.tombstone:
             error = NotFound(f"no such key: {key[:100]}")
             return error_response(error, self.node_id, "hit" if hit else "miss")
@@ -170,11 +176,14 @@ class Api:
         keys = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise BadRequest('the body must be {"keys": [<string>, ...]}')
+        detail = document.get("detail", False)
+        if not isinstance(detail, bool):
+            raise BadRequest('"detail" must be true or false')
         if len(keys) > self.max_batch:
             raise TooLarge(f"{len(keys)} keys in one batch, the limit is {self.max_batch}")
         for key in keys:
             check_key(key, self.max_key_bytes)
-        items = await self._batch_items(keys, hops(request))
+        items = await self._batch_items(keys, hops(request), detail)
         body = orjson.dumps({"items": [items[key] for key in keys]})
         return web.Response(body=body, content_type=JSON, headers={NODE_HEADER: self.node_id})
 
@@ -234,38 +243,47 @@ class Api:
         response.headers[EPOCH_HEADER] = str(moved.epoch)
         return response
 
-    async def _batch_items(self, keys: list[str], hop_count: int) -> dict[str, Any]:
-        """One result per distinct key: served here, or asked of its owner in one batch."""
+    async def _batch_items(self, keys: list[str], hop_count: int, detail: bool) -> dict[str, Any]:
+        """One result per distinct key: served here, or asked of its owner in one batch.
+        With ``detail``, each also says which node served it and, if read, hit or miss."""
         items: dict[str, Any] = {}
         remote: dict[str, list[str]] = {}
+        served_here = {"node": self.node_id} if detail else {}
 
         async def local(key: str) -> None:
             try:
-                entry, _hit = await self.node.get(key)
+                entry, hit = await self.node.get(key)
             except NotOwner as moved:
                 remote.setdefault(moved.owner.addr, []).append(key)
                 return
             except CachegridError as error:
-                items[key] = error_item(key, error)
+                items[key] = error_item(key, error) | served_here
                 return
-            items[key] = (
-                error_item(key, NotFound("no such key")) if entry.tombstone
-                else orjson.Fragment(entry.body)
-            )  # fmt: skip
+            cache = {"cache": "hit" if hit else "miss"} if detail else {}
+            if entry.tombstone:
+                items[key] = (
+                    error_item(key, NotFound(f"no such key: {key[:100]}")) | served_here | cache
+                )
+            elif detail:  # the entry's body is a JSON object: extend it in place
+                extra = orjson.dumps(served_here | cache)
+                items[key] = orjson.Fragment(entry.body[:-1] + b"," + extra[1:])
+            else:
+                items[key] = orjson.Fragment(entry.body)
 
         await asyncio.gather(*(local(key) for key in dict.fromkeys(keys)))
         await asyncio.gather(
-            *(self._remote_batch(a, ks, hop_count, items) for a, ks in remote.items())
+            *(self._remote_batch(a, ks, hop_count, detail, items) for a, ks in remote.items())
         )
         return items
 
     async def _remote_batch(
-        self, addr: str, keys: list[str], hop_count: int, items: dict[str, Any]
+        self, addr: str, keys: list[str], hop_count: int, detail: bool, items: dict[str, Any]
     ) -> None:
         try:
             answer = await self.forwarder.forward(
                 "POST", addr, "/v1/kv:batchGet", hops=hop_count,
-                body=orjson.dumps({"keys": keys}), headers={"Content-Type": JSON},
+                body=orjson.dumps({"keys": keys, "detail": detail}),
+                headers={"Content-Type": JSON},
             )  # fmt: skip
             if answer.status != 200:
                 raise Unavailable(f"owner {addr} answered {answer.status}")
@@ -273,11 +291,64 @@ class Api:
                 items[item["key"]] = item
         except CachegridError as error:
             for key in keys:
-                items[key] = error_item(key, error)
+                items[key] = error_item(key, error) | ({"node": self.node_id} if detail else {})
+
+    # -- forwarded reads, batched per owner --------------------------------------------------
+
+    async def _forward_get(self, request: web.Request, key: str, moved: NotOwner) -> web.Response:
+        """A GET for a key another node owns. GETs forwarded to one owner in the same loop
+        turn travel as one batchGet (``detail``), each answered as if forwarded alone."""
+        self.node.metrics.forwarded.inc()
+        hop_count = hops(request)
+        batcher = self._owner_reads.get((moved.owner.addr, hop_count))
+        if batcher is None:
+            fetch = functools.partial(self._fetch_from_owner, moved.owner, hop_count)
+            batcher = Batcher(fetch, max_batch=FORWARD_BATCH)
+            self._owner_reads[(moved.owner.addr, hop_count)] = batcher
+        answer = await batcher.submit(key)
+        response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+        response.headers[EPOCH_HEADER] = str(moved.epoch)
+        return response
+
+    async def _fetch_from_owner(
+        self, owner: Member, hop_count: int, keys: list[str]
+    ) -> list[Forwarded]:
+        self._forward_batch_keys.observe(len(keys))
+        answer = await self.forwarder.forward(
+            "POST", owner.addr, "/v1/kv:batchGet", hops=hop_count,
+            body=orjson.dumps({"keys": keys, "detail": True}), headers={"Content-Type": JSON},
+        )  # fmt: skip
+        if answer.status != 200:  # the owner refused the whole batch: each request, alike
+            return [answer] * len(keys)
+        try:
+            answers = [answer_of(i, owner.node_id) for i in orjson.loads(answer.body)["items"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+            raise Unavailable(f"owner {owner.node_id} sent a malformed batch: {error}") from error
+        if len(answers) != len(keys):
+            raise Unavailable(f"owner {owner.node_id} answered {len(answers)} of {len(keys)} keys")
+        return answers
 
 
 # Request headers forwarded to the owner with the request.
 FORWARDED = ("Content-Type", "If-Match", "If-None-Match")
+# GETs forwarded to one owner in one batch at most.
+FORWARD_BATCH = 64
+
+
+def answer_of(item: dict[str, Any], owner_id: str) -> Forwarded:
+    """The answer a GET forwarded alone would have had, from its batchGet ``detail`` item
+    (an item without "node" comes from a node that predates ``detail``: the owner's)."""
+    headers = {"Content-Type": JSON, NODE_HEADER: item.get("node", owner_id)}
+    if "cache" in item:
+        headers["X-Cache"] = item["cache"]
+    if "error" in item:
+        status = status_of(item["error"]["code"])
+        if status in (429, 503):
+            headers["Retry-After"] = "1"
+        return Forwarded(status, headers, orjson.dumps({"error": item["error"]}))
+    headers["ETag"] = f'"{item["version"]}"'
+    body = {"key": item["key"], "value": item["value"], "version": item["version"]}
+    return Forwarded(200, headers, orjson.dumps(body))
 
 
 def hops(request: web.Request) -> int:
