@@ -302,6 +302,9 @@ class Api:
         hop_count = hops(request)
         batcher = self._owner_reads.get((moved.owner.addr, hop_count))
         if batcher is None:
+            if len(self._owner_reads) >= MAX_OWNER_BATCHERS:
+                # Addresses of departed members pile up; a batch in flight keeps running.
+                self._owner_reads.clear()
             fetch = functools.partial(self._fetch_from_owner, moved.owner, hop_count)
             batcher = Batcher(fetch, max_batch=FORWARD_BATCH)
             self._owner_reads[(moved.owner.addr, hop_count)] = batcher
@@ -333,6 +336,8 @@ class Api:
 FORWARDED = ("Content-Type", "If-Match", "If-None-Match")
 # GETs forwarded to one owner in one batch at most.
 FORWARD_BATCH = 64
+# Owner batchers kept (one per owner address and hop count) before they are all dropped.
+MAX_OWNER_BATCHERS = 256
 
 
 def answer_of(item: dict[str, Any], owner_id: str) -> Forwarded:

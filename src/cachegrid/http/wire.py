@@ -14,6 +14,8 @@ Invariants:
 - Back-pressure holds: past the transport's high-water mark, the answer waits for the
   buffer to drain, as aiohttp's own writer does, so a client that pipelines requests
   without reading cannot make the node buffer without bound.
+- ``EncodedResponse`` is not a ``web.StreamResponse``: it has only what aiohttp's request
+  handler uses when no access log is configured, which is how app.py runs the node.
 """
 
 from __future__ import annotations
