@@ -72,6 +72,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     admin_api.add_routes(app)
     add_not_found(app)
     add_gauges(metrics, coordinator, node, store)
+    # No access log: it would read attributes that pre-encoded hit answers lack (http/wire.py).
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = settings.listen.rpartition(":")
