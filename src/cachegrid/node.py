@@ -122,16 +122,15 @@ def make_entry(key: str, record: Record | None) -> Entry:
     """The cache entry for a stored record (None: never written)."""
     if record is None or record.tombstone:
         version = record.version if record else ZERO
-        return Entry(version, True, b"", f'"{version}"', b"", len(key) + ENTRY_OVERHEAD)
+        return Entry(version, True, b"", b"", len(key) + ENTRY_OVERHEAD)
     version = str(record.version)
     body = b"".join(
         (b'{"key":', orjson.dumps(key), b',"value":', record.value,
          b',"version":"', version.encode(), b'"}')
     )  # fmt: skip
-    etag = f'"{version}"'
-    head = entry_head(etag, len(body))
+    head = entry_head(f'"{version}"', len(body))
     size = len(body) + len(head) + len(key) + ENTRY_OVERHEAD
-    return Entry(record.version, False, body, etag, head, size)
+    return Entry(record.version, False, body, head, size)
 
 
 class Node:

@@ -280,11 +280,7 @@ class Api:
         self, addr: str, keys: list[str], hop_count: int, detail: bool, items: dict[str, Any]
     ) -> None:
         try:
-            answer = await self.forwarder.forward(
-                "POST", addr, "/v1/kv:batchGet", hops=hop_count,
-                body=orjson.dumps({"keys": keys, "detail": detail}),
-                headers={"Content-Type": JSON},
-            )  # fmt: skip
+            answer = await self._batch_get_at(addr, keys, hop_count, detail)
             if answer.status != 200:
                 raise Unavailable(f"owner {addr} answered {answer.status}")
             for item in orjson.loads(answer.body)["items"]:
@@ -292,6 +288,15 @@ class Api:
         except CachegridError as error:
             for key in keys:
                 items[key] = error_item(key, error) | ({"node": self.node_id} if detail else {})
+
+    async def _batch_get_at(
+        self, addr: str, keys: list[str], hop_count: int, detail: bool
+    ) -> Forwarded:
+        """POST /v1/kv:batchGet to the node at ``addr``; its answer, whatever the status."""
+        return await self.forwarder.forward(
+            "POST", addr, "/v1/kv:batchGet", hops=hop_count,
+            body=orjson.dumps({"keys": keys, "detail": detail}), headers={"Content-Type": JSON},
+        )  # fmt: skip
 
     # -- forwarded reads, batched per owner --------------------------------------------------
 
@@ -317,10 +322,7 @@ class Api:
         self, owner: Member, hop_count: int, keys: list[str]
     ) -> list[Forwarded]:
         self._forward_batch_keys.observe(len(keys))
-        answer = await self.forwarder.forward(
-            "POST", owner.addr, "/v1/kv:batchGet", hops=hop_count,
-            body=orjson.dumps({"keys": keys, "detail": True}), headers={"Content-Type": JSON},
-        )  # fmt: skip
+        answer = await self._batch_get_at(owner.addr, keys, hop_count, detail=True)
         if answer.status != 200:  # the owner refused the whole batch: each request, alike
             return [answer] * len(keys)
         try:
