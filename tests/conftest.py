@@ -58,13 +58,15 @@ def redis_servers(
 
 @pytest.fixture
 async def quorum_store() -> AsyncIterator[Callable[..., QuorumStore]]:
-    """Factory: ``quorum_store(addrs, timeout=...)`` -> a QuorumStore closed at teardown."""
+    """Factory: ``await quorum_store(addrs, timeout=...)`` -> a started QuorumStore (its
+    replicas judged and certified, as a node's is before it serves), closed at teardown."""
     stores: list[QuorumStore] = []
 
-    def make(addrs: list[str], timeout: float = 0.5, **options: object) -> QuorumStore:
+    async def make(addrs: list[str], timeout: float = 0.5, **options: object) -> QuorumStore:  # noqa: ASYNC109 (the store's setting)
         replicas = [Replica(addr, timeout=timeout) for addr in addrs]
         store = QuorumStore(replicas, timeout=timeout, **options)  # type: ignore[arg-type]
         stores.append(store)
+        await store.start()
         return store
 
     yield make

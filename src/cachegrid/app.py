@@ -27,6 +27,7 @@ from cachegrid.localcache import LocalCache
 from cachegrid.metrics import Metrics
 from cachegrid.node import Node
 from cachegrid.store import QuorumStore, open_store
+from cachegrid.store.trust import Trust
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     host, _, port = settings.listen.rpartition(":")
     await forwarder.start()
     try:
+        # Judge the replicas (and reconcile a fresh store) before serving any read.
+        await store.start()
         await web.TCPSite(runner, host, int(port), reuse_address=True).start()
         await coordinator.start()
         node.start_detector()
@@ -111,6 +114,15 @@ def add_gauges(metrics: Metrics, coordinator: Coordinator, node: Node, store: Qu
         ("cachegrid_cache_bytes", "Accounted bytes in the cache.", lambda: node.cache.bytes),
         ("cachegrid_store_replicas_up", "Store replicas whose circuit breaker is closed.",
          lambda: sum(r.is_up() for r in store.replicas)),
+        ("cachegrid_store_replicas_trusted",
+         "Store replicas that count toward read quorums (the others are in doubt or unknown).",
+         lambda: sum(r.trust is Trust.TRUSTED for r in store.replicas)),
+        ("cachegrid_store_missed_writes",
+         "Keys whose latest write some replica missed, waiting to be copied to it.",
+         lambda: sum(len(b) for b in store.upkeep.backlogs.values())),
+        ("cachegrid_store_repair_copies",
+         "Records copied to lagging or in-doubt replicas by this node's upkeep, in all.",
+         lambda: store.upkeep.copies_written),
     ]  # fmt: skip
     for name, documentation, read in gauges:
         metrics.gauge(name, documentation, read)

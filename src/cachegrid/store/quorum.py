@@ -2,10 +2,15 @@
 
 Owns: fan-out of every operation to the replicas, the majority rule, per-operation
 deadlines, write-back on reads, read repair of stragglers, and the anti-entropy pass.
+The background care of replicas (repair of those in doubt, catch-up of missed writes)
+is upkeep.py's; this module tells it which writes each replica missed.
 
 Invariants:
 - A write is acknowledged only once a majority of replicas holds its version or a newer
   one. Any two majorities intersect, so every later read sees it.
+- A read counts only answers of trusted replicas (trust.py): a replica that may have lost
+  acknowledged data takes writes, but is no member of any read majority until repaired.
+  With fewer than a majority trusted, reads fail (StoreUnavailable), never go back.
 - A read returns the newest record among a majority, and only after a majority holds that
   record (write-back). So once a read has returned a version, no later read returns an
   older one, even if the write that produced it never completed.
@@ -26,7 +31,6 @@ from typing import Any, TypeVar
 
 from cachegrid.errors import (
     CachegridError,
-    ReplicaCorrupt,
     ReplicaError,
     StoreUnavailable,
     TooLarge,
@@ -34,18 +38,13 @@ from cachegrid.errors import (
 )
 from cachegrid.keys import DEFAULT_MAX_KEY_BYTES, check_key
 from cachegrid.store.record import Record
-from cachegrid.store.replica import Replica
+from cachegrid.store.replica import Replica, Reply
+from cachegrid.store.trust import Trust
+from cachegrid.store.upkeep import Upkeep, copy_newest
+from cachegrid.store.writeback import Answer, Plan, decodable, plan_write_back, version_of
 from cachegrid.version import ZERO, Version
 
 T = TypeVar("T")
-
-# What one replica answered for a batch read: a record, a corrupt marker or None, per key.
-Answer = list[Record | ReplicaCorrupt | None]
-
-
-def version_of(record: Record | ReplicaCorrupt | None) -> Version:
-    """The version a reply stands for: absent and corrupt records rank below every write."""
-    return record.version if isinstance(record, Record) else ZERO
 
 
 @dataclass
@@ -74,6 +73,7 @@ class QuorumStore:
         max_value_bytes: int = 1 << 20,
         max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
         clock: Callable[[], float] = time.monotonic,
+        upkeep_interval: float = 0.25,
     ) -> None:
         if not replicas:
             raise ValueError("a store needs at least one replica")
@@ -85,13 +85,24 @@ class QuorumStore:
         self._clock = clock
         # Every replica call in flight, ours to cancel on close; a call removes itself.
         self._in_flight: set[asyncio.Task[Any]] = set()
+        # Started by ``start`` or the first operation. Until a round of it has found a
+        # majority trusted (a fresh or restarted cluster is reconciled first), a read that
+        # finds too few trusted replicas waits for that, up to its timeout, and tries again.
+        self.upkeep = Upkeep(self.replicas, self.majority, interval=upkeep_interval)
 
     def __repr__(self) -> str:
         up = sum(replica.is_up() for replica in self.replicas)
+        trusted = sum(replica.trust is Trust.TRUSTED for replica in self.replicas)
         return (
-            f"<QuorumStore replicas={len(self.replicas)} up={up} "
+            f"<QuorumStore replicas={len(self.replicas)} up={up} trusted={trusted} "
             f"majority={self.majority} in_flight={len(self._in_flight)}>"
         )
+
+    async def start(self, wait: float = 10.0) -> None:
+        """Judge every replica and repair what needs it, waiting at most ``wait`` seconds for a
+        majority to be trusted (the first operation starts this too, without waiting)."""
+        self.upkeep.start()
+        await self.upkeep.first_round(wait)
 
     async def read(self, key: str) -> Record | None:
         """The latest record of ``key`` (None if never written). StoreUnavailable on failure."""
@@ -106,15 +117,23 @@ class QuorumStore:
         valid_keys = [key for key in dict.fromkeys(keys) if self._key_ok(key, result)]
         if not valid_keys:
             return result
-        deadline = self._clock() + self.timeout
-        answers, stragglers = await self._read_majority(valid_keys, deadline)
-        plan = _plan_write_back(valid_keys, answers, self.majority)
-        for task, replica in stragglers.items():
-            task.add_done_callback(self._repair_straggler(replica, valid_keys, plan.latest))
-        await self._write_back(plan, deadline)
-        for key in valid_keys:
-            self._settle(key, plan, result)
+        self.upkeep.start()
+        await self._read_round(valid_keys, result)
+        if result.errors and not self.upkeep.judged:
+            # First use, without ``start``: the replicas are being judged right now.
+            await self.upkeep.first_round(self.timeout)
+            await self._read_round([key for key in valid_keys if key in result.errors], result)
         return result
+
+    async def _read_round(self, keys: list[str], result: BatchRead) -> None:
+        deadline = self._clock() + self.timeout
+        answers, stragglers = await self._read_majority(keys, deadline)
+        plan = plan_write_back(keys, answers, self.majority)
+        for task, replica in stragglers.items():
+            task.add_done_callback(self._repair_straggler(replica, keys, plan.latest))
+        await self._write_back(plan, deadline)
+        for key in keys:
+            self._settle(key, plan, result)
 
     async def write(self, key: str, record: Record) -> Version:
         """Store ``record`` on a majority; the newest version a majority member then holds.
@@ -160,8 +179,16 @@ class QuorumStore:
     async def _write_majority(
         self, items: list[tuple[str, Record]]
     ) -> list[Version | CachegridError]:
+        self.upkeep.start()
         deadline = self._clock() + self.timeout
-        tasks = {self._spawn(replica.write(items)): replica for replica in self._targets()}
+        targets = self._targets()
+        keys = [key for key, _ in items]
+        for replica in self.replicas:
+            if replica not in targets:
+                self.upkeep.note_missed(replica, keys)
+        tasks = {self._spawn(replica.write(items)): replica for replica in targets}
+        for task, replica in tasks.items():
+            task.add_done_callback(self._note_if_missed(replica, keys))
         acks: list[list[Version]] = []  # per replica that answered: a version per item
         failures: list[ReplicaError] = []
 
@@ -205,9 +232,19 @@ class QuorumStore:
 
     def health(self) -> list[dict[str, object]]:
         now = self._clock()
-        return [{"addr": r.addr, **r.health.snapshot(now)} for r in self.replicas]
+        return [
+            {
+                "addr": r.addr,
+                **r.health.snapshot(now),
+                "trust": r.trust.value,
+                "missed_writes": len(self.upkeep.backlogs[r]),
+                "repair": self.upkeep.progress[r].snapshot(),
+            }
+            for r in self.replicas
+        ]
 
     async def close(self) -> None:
+        await self.upkeep.stop()
         for task in list(self._in_flight):
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
@@ -225,26 +262,33 @@ class QuorumStore:
 
     async def _read_majority(
         self, keys: list[str], deadline: float
-    ) -> tuple[dict[Replica, Answer], dict[asyncio.Task[Answer], Replica]]:
-        """Answers until each key has a majority of decodable replies, and the stragglers."""
-        tasks = {self._spawn(replica.read(keys)): replica for replica in self._targets()}
+    ) -> tuple[dict[Replica, Answer], dict[asyncio.Task[Reply], Replica]]:
+        """Trusted answers until each key has a majority of decodable replies, and the
+        stragglers (replicas that did not give a trusted answer in time)."""
+        tasks = {self._spawn(replica.read_reply(keys)): replica for replica in self._targets()}
         answers: dict[Replica, Answer] = {}
+        useless = 0  # replies that failed or may not count: once too many, stop waiting
 
         def enough() -> bool:
+            if len(tasks) - useless < self.majority:
+                return True  # hopeless: a majority of trusted answers can no longer come
             return len(answers) >= self.majority and all(
-                _decodable(answers, i) >= self.majority for i in range(len(keys))
+                decodable(answers, i) >= self.majority for i in range(len(keys))
             )
 
-        def on_done(task: asyncio.Task[Answer]) -> None:
-            if _succeeded(task):
-                answers[tasks[task]] = task.result()
+        def on_done(task: asyncio.Task[Reply]) -> None:
+            nonlocal useless
+            if _succeeded(task) and task.result().trusted:
+                answers[tasks[task]] = task.result().records
+            else:
+                useless += 1
 
         await self._until(tasks, deadline, on_done, enough)
         # Includes a task that finished after we stopped waiting: its answer is late too.
         stragglers = {task: replica for task, replica in tasks.items() if replica not in answers}
         return answers, stragglers
 
-    async def _write_back(self, plan: _Plan, deadline: float) -> None:
+    async def _write_back(self, plan: Plan[Replica], deadline: float) -> None:
         """ABD phase two: bring lagging members of the read majority up to the latest."""
         if not plan.behind:
             return
@@ -257,25 +301,26 @@ class QuorumStore:
 
         await self._until(tasks, deadline, on_done, lambda: False)
 
-    def _settle(self, key: str, plan: _Plan, result: BatchRead) -> None:
+    def _settle(self, key: str, plan: Plan[Replica], result: BatchRead) -> None:
         """Return a key's latest record only if a majority now holds it."""
         holders = plan.holders.get(key, 0)
         if holders >= self.majority:
             result.records[key] = plan.latest[key]
+            result.errors.pop(key, None)
         else:
             result.errors[key] = self._short_of_majority(holders)
 
     def _repair_straggler(
         self, replica: Replica, keys: list[str], latest: dict[str, Record | None]
-    ) -> Callable[[asyncio.Task[Answer]], None]:
+    ) -> Callable[[asyncio.Task[Reply]], None]:
         """Read repair: when a late answer shows stale copies, update them in the background."""
 
-        def on_done(task: asyncio.Task[Answer]) -> None:
+        def on_done(task: asyncio.Task[Reply]) -> None:
             if not _succeeded(task):
                 return
             stale = [
                 (key, record)
-                for key, reply in zip(keys, task.result(), strict=True)
+                for key, reply in zip(keys, task.result().records, strict=True)
                 if (record := latest.get(key)) is not None and version_of(reply) < record.version
             ]
             if stale:
@@ -284,6 +329,17 @@ class QuorumStore:
         return on_done
 
     # -- writes -----------------------------------------------------------------------
+
+    def _note_if_missed(
+        self, replica: Replica, keys: list[str]
+    ) -> Callable[[asyncio.Task[list[Version]]], None]:
+        """Tell upkeep when a write failed on ``replica``, however late: it lags there."""
+
+        def on_done(task: asyncio.Task[list[Version]]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                self.upkeep.note_missed(replica, keys)
+
+        return on_done
 
     def _write_failure(
         self, acks: int, failures: list[ReplicaError], unanswered: int
@@ -301,21 +357,9 @@ class QuorumStore:
 
     async def _repair_keys(self, keys: list[str], report: RepairReport) -> None:
         """Bring every reachable replica up to the newest record of each key in ``keys``."""
-        answers = await asyncio.gather(
-            *(replica.read(keys) for replica in self.replicas), return_exceptions=True
-        )
-        reached = {
-            replica: answer
-            for replica, answer in zip(self.replicas, answers, strict=True)
-            if not isinstance(answer, BaseException)
-        }
+        copies, _failed = await copy_newest(keys, self.replicas, tolerate_failures=True)
         report.keys_checked += len(keys)
-        plan = _plan_write_back(keys, reached, majority=1)
-        writes = [replica.write(items) for replica, items in plan.behind.items()]
-        outcomes = await asyncio.gather(*writes, return_exceptions=True)
-        for items, outcome in zip(plan.behind.values(), outcomes, strict=True):
-            if not isinstance(outcome, BaseException):
-                report.copies_written += len(items)
+        report.copies_written += sum(copies.values())
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -325,9 +369,11 @@ class QuorumStore:
         return up if len(up) >= self.majority else self.replicas
 
     def _short_of_majority(self, count: int) -> StoreUnavailable:
+        doubt = sum(replica.trust is Trust.IN_DOUBT for replica in self.replicas)
+        waiting = f"; {doubt} in doubt, awaiting repair" if doubt else ""
         return StoreUnavailable(
-            f"only {count} of {len(self.replicas)} replicas answered in time, "
-            f"{self.majority} needed"
+            f"only {count} of {len(self.replicas)} replicas gave a trusted answer in time, "
+            f"{self.majority} needed{waiting}"
         )
 
     def _spawn(self, call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -367,42 +413,5 @@ class QuorumStore:
                 on_done(task)
 
 
-@dataclass
-class _Plan:
-    """What a read learned: the latest record per key, who holds it, who lags behind."""
-
-    latest: dict[str, Record | None] = field(default_factory=dict)
-    holders: dict[str, int] = field(default_factory=dict)
-    behind: dict[Replica, list[tuple[str, Record]]] = field(default_factory=dict)
-
-
-def _plan_write_back(keys: list[str], answers: dict[Replica, Answer], majority: int) -> _Plan:
-    """Pure: from the replicas' answers, the latest record per key and the copies to write.
-
-    Keys with fewer than ``majority`` decodable answers get no entry in ``latest``.
-    """
-    plan = _Plan()
-    for index, key in enumerate(keys):
-        replies = {replica: answer[index] for replica, answer in answers.items()}
-        decodable = [reply for reply in replies.values() if not isinstance(reply, ReplicaCorrupt)]
-        if len(decodable) < majority:
-            continue
-        latest = max(decodable, key=version_of)
-        plan.latest[key] = latest
-        plan.holders[key] = 0
-        for replica, reply in replies.items():
-            if latest is None or (
-                not isinstance(reply, ReplicaCorrupt) and version_of(reply) >= latest.version
-            ):
-                plan.holders[key] += not isinstance(reply, ReplicaCorrupt)
-            else:
-                plan.behind.setdefault(replica, []).append((key, latest))
-    return plan
-
-
 def _succeeded(task: asyncio.Task[Any]) -> bool:
     return not task.cancelled() and task.exception() is None
-
-
-def _decodable(answers: dict[Replica, Answer], index: int) -> int:
-    return sum(not isinstance(answer[index], ReplicaCorrupt) for answer in answers.values())

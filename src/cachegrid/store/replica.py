@@ -1,8 +1,9 @@
 """One Redis server holding one copy of every record.
 
 Owns: the connection pool to one replica, the atomic set-if-newer Lua script, the
-translation of every redis-py error into ``ReplicaError``, and the replica's health
-(outcomes, latency, last success, circuit breaker).
+translation of every redis-py error into ``ReplicaError``, the replica's health
+(outcomes, latency, last success, circuit breaker), and what the replica says of its own
+trustworthiness (its run_id, fsync policy and marker: see trust.py).
 
 Invariants:
 - A replica only ever moves a key forward: set-if-newer writes a record only when its
@@ -13,24 +14,29 @@ Invariants:
 - No redis-py exception escapes this module; the quorum above sees ``ReplicaError`` only.
   Its ``definite`` flag is true only when the command certainly did not run.
 - Health is observed here but acted on by the quorum: this module never refuses a call.
+- Every connection learns the run_id of the Redis process behind it before it carries a
+  command (``_on_connect``), and every read carries the replica's marker, judged against
+  that run_id. A process that restarted can answer only on a new connection, so no read
+  answer of a restarted replica is ever judged by the marker of the process before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from cachegrid.errors import ReplicaCorrupt, ReplicaError
 from cachegrid.store.record import (
-    FIELDS,
     KEY_PREFIX,
     Record,
     decode,
@@ -38,6 +44,7 @@ from cachegrid.store.record import (
     redis_key,
     user_key,
 )
+from cachegrid.store.trust import MARKER, REPAIR_LOCK, Trust, marker_for, verdict
 from cachegrid.version import Version
 
 T = TypeVar("T")
@@ -64,14 +71,38 @@ end
 return out
 """
 
-# The fields of each key (absent ones as nil), in one script call for a batch of keys.
+# KEYS[1] is the trust marker, then the user keys: the marker's value (false if absent),
+# then the fields of each key (absent ones as nil), in one script call for a batch.
 READ_MANY = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  out[i] = redis.call('HMGET', key, 'e', 's', 't', 'v')
+local out = {redis.call('GET', KEYS[1])}
+for i = 2, #KEYS do
+  out[i] = redis.call('HMGET', KEYS[i], 'e', 's', 't', 'v')
 end
 return out
 """
+
+# Write the marker ARGV[2] only if this is still the process ARGV[1] (a restart between
+# the repair and this call would have undone the repair): 1 if written.
+CERTIFY = """
+local info = redis.call('INFO', 'server')
+if string.match(info, 'run_id:(%x+)') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
+# Release the repair lock only if we still hold it.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A read answer and whether it may count toward a read quorum (trust.py)."""
+
+    trusted: bool
+    records: list[Record | ReplicaCorrupt | None]
 
 
 @dataclass
@@ -98,6 +129,15 @@ class ReplicaHealth:
             "latency_ms": round(self.latency_ewma * 1000, 3),
             "last_error": self.last_error,
         }
+
+
+@dataclass
+class Identity:
+    """What the replica's process says of itself on each new connection."""
+
+    run_id: bytes = b""
+    fsync_always: bool = False
+    trust: Trust = Trust.UNKNOWN
 
 
 class Replica:
@@ -130,16 +170,28 @@ class Replica:
             retry=Retry(NoBackoff(), 0),
             max_connections=max_in_flight,
             health_check_interval=0,
+            redis_connect_func=self._on_connect,
         )
+        self.identity = Identity()
         self._set_if_newer = self._redis.register_script(SET_IF_NEWER)
         self._read_many = self._redis.register_script(READ_MANY)
+        self._certify = self._redis.register_script(CERTIFY)
+        self._unlock = self._redis.register_script(UNLOCK)
         # Bounds the calls holding (or waiting for) a connection; waiting counts
         # against the call's timeout, so a stuck replica sheds load instead of queueing.
         self._slots = asyncio.Semaphore(max_in_flight)
 
     def __repr__(self) -> str:
         state = "up" if self.is_up() else "down"
-        return f"<Replica {self.addr} {state} failures={self.health.consecutive_failures}>"
+        return (
+            f"<Replica {self.addr} {state} {self.identity.trust.value} "
+            f"failures={self.health.consecutive_failures}>"
+        )
+
+    @property
+    def trust(self) -> Trust:
+        """As of the last connection or read answer."""
+        return self.identity.trust
 
     def is_up(self) -> bool:
         """False while the breaker is open after repeated failures."""
@@ -147,13 +199,66 @@ class Replica:
 
     async def read(self, keys: Sequence[str]) -> list[Record | ReplicaCorrupt | None]:
         """The stored record of each key, in order; a ReplicaCorrupt in place of a bad one."""
+        return (await self.read_reply(keys)).records
 
-        async def run() -> list[list[bytes | None]]:
-            if len(keys) == 1:
-                return [await self._redis.hmget(redis_key(keys[0]), FIELDS)]
-            return await self._read_many([redis_key(key) for key in keys])
+    async def read_reply(self, keys: Sequence[str]) -> Reply:
+        """``read``, with whether this answer may count toward a read quorum. With no
+        keys, a probe of the replica's trust."""
 
-        return [self._decode(fields) for fields in await self._call(run)]
+        async def run() -> list[bytes | list[bytes | None] | None]:
+            reply = await self._read_many([MARKER, *(redis_key(key) for key in keys)])
+            return cast(list[bytes | list[bytes | None] | None], reply)
+
+        marker, *fields = await self._call(run)
+        identity = self.identity
+        identity.trust = verdict(_bytes(marker), identity.run_id, identity.fsync_always)
+        records = [self._decode(list(f)) if isinstance(f, list) else None for f in fields]
+        return Reply(identity.trust is Trust.TRUSTED, records)
+
+    async def certify(self, run_id: bytes) -> bool:
+        """Vouch for this replica, if still the process ``run_id``; True if done."""
+        marker = marker_for(run_id, self.identity.fsync_always)
+
+        async def run() -> int:
+            return int(await self._certify([MARKER], [run_id, marker]))
+
+        done = await self._call(run) == 1
+        if done and self.identity.run_id == run_id:
+            self.identity.trust = Trust.TRUSTED
+        return done
+
+    async def lock_repair(self, token: bytes, seconds: float) -> bool:
+        """Take this replica's repair lock for ``seconds``; False if another holds it."""
+
+        async def run() -> bool:
+            return bool(await self._redis.set(REPAIR_LOCK, token, nx=True,
+                                              px=int(seconds * 1000)))  # fmt: skip
+
+        return await self._call(run)
+
+    async def unlock_repair(self, token: bytes) -> None:
+        async def run() -> None:
+            await self._unlock([REPAIR_LOCK], [token])
+
+        await self._call(run)
+
+    async def _on_connect(self, connection: Connection) -> None:
+        """Before a new connection carries any command: learn which process it reaches."""
+        await connection.on_connect()
+        await connection.send_command("INFO", "server")
+        info = await connection.read_response()
+        await connection.send_command("CONFIG", "GET", "appendfsync")
+        try:
+            fsync = await connection.read_response()
+        except rexc.ResponseError:  # CONFIG not allowed to us: assume the weaker policy
+            fsync = []
+        await connection.send_command("GET", MARKER)
+        marker = await connection.read_response()
+        found = re.search(rb"run_id:([0-9a-f]+)", info if isinstance(info, bytes) else b"")
+        identity = self.identity
+        identity.run_id = found[1] if found else b""
+        identity.fsync_always = _fsync_policy(fsync) == b"always"
+        identity.trust = verdict(_bytes(marker), identity.run_id, identity.fsync_always)
 
     async def write(self, items: Sequence[tuple[str, Record]]) -> list[Version]:
         """Set-if-newer each (key, record); the version stored afterwards, per item."""
@@ -248,6 +353,19 @@ class Replica:
         if health.consecutive_failures >= self.failure_threshold:
             health.down_until = self._clock() + self.cooldown
         return error
+
+
+def _fsync_policy(reply: object) -> bytes | None:
+    """The value of CONFIG GET appendfsync, answered as a map or as a flat list."""
+    if isinstance(reply, dict):
+        return _bytes(reply.get(b"appendfsync"))
+    if isinstance(reply, list) and len(reply) == 2:
+        return _bytes(reply[1])
+    return None
+
+
+def _bytes(reply: object) -> bytes | None:
+    return reply if isinstance(reply, bytes) else None
 
 
 def _before_sending(error: rexc.RedisError) -> bool:
