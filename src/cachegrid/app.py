@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -85,7 +86,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         await coordinator.start()
         node.start_detector()
         log.info("node %s serving on %s", settings.node_id, settings.listen)
-        await stop.wait()
+        await _first_of(stop.wait(), coordinator.fatal.wait())
+        if coordinator.fatal.is_set() and coordinator.failed is not None:
+            raise coordinator.failed
     finally:
         await coordinator.stop()
         await node.stop_detector()
@@ -93,6 +96,16 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         await forwarder.close()
         await store.close()
         await etcd.close()
+
+
+async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def add_gauges(metrics: Metrics, coordinator: Coordinator, node: Node, store: QuorumStore) -> None:
@@ -137,4 +150,5 @@ def coord_settings(config: Config) -> CoordSettings:
         prefix=config.etcd.prefix,
         lease_ttl=node.lease_ttl,
         lease_margin=node.lease_margin,
+        id_wait=node.id_wait,
     )

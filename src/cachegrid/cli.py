@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from cachegrid import admin_client, app, cluster, config
+from cachegrid.coord.coordinator import DuplicateNodeId
 
 
 @click.group()
@@ -61,7 +62,10 @@ async def _serve_until_signalled(settings: config.Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await app.serve(settings, stop)
+    try:
+        await app.serve(settings, stop)
+    except DuplicateNodeId as error:
+        raise click.ClickException(error.message) from error
 
 
 @main.command()

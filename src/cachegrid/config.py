@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    # Unique, stable name of this node; it places the node on the ring. Default: node-<port>.
+    # Unique, stable name of this node; it places the node on the ring (see ``node_id``).
     id: str = ""
     # Where the HTTP API listens (host:port).
     listen: str = "127.0.0.1:8000"
@@ -106,10 +107,20 @@ class NodeConfig:
     stale_checks_per_second: float = 20.0
     # The asyncio event loop: "uvloop" (faster) or "asyncio" (the standard library's).
     event_loop: str = "uvloop"
+    # Seconds to wait, at start, for another process holding this node's id (a previous
+    # run whose lease has not expired) to let go of it; then exit with an error.
+    id_wait: float = 15.0
 
     @property
     def node_id(self) -> str:
-        return self.id or f"node-{self.listen.rpartition(':')[2]}"
+        """``id``, or one derived from where the node listens: ``node-<port>`` on loopback
+        (one host), else ``<host name>-<port>``, so two hosts never share a default id."""
+        if self.id:
+            return self.id
+        host, _, port = self.listen.rpartition(":")
+        if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
+            return f"node-{port}"
+        return f"{socket.gethostname()}-{port}"
 
     @property
     def advertised(self) -> str:
@@ -126,7 +137,7 @@ class NodeConfig:
             found.append("node.weight: must be >= 0")
         if self.stale_check_every < 0:
             found.append("node.stale_check_every: must be >= 0")
-        found += _positive("node", self, "stale_checks_per_second")
+        found += _positive("node", self, "stale_checks_per_second", "id_wait")
         if self.event_loop not in ("uvloop", "asyncio"):
             found.append("node.event_loop: must be 'uvloop' or 'asyncio'")
         if not 0 <= self.lease_margin < self.lease_ttl / 3:

@@ -13,7 +13,13 @@ Invariants:
   the fill, and ownership did not change meanwhile: a write invalidates and detaches the
   key's fill both when it starts and when it ends (just before it updates the cache), so
   a fill that overlapped it in any way neither caches its value nor serves a reader that
-  arrives after the write completed. And a fill never replaces a newer cached entry.
+  arrives after the write completed; and no write of the key is in flight or queued when
+  it inserts. A fill never replaces a newer cached entry.
+- A fill belongs to one activation: a release detaches every fill (no reader arriving
+  after it joins one), and a fill that completes under another activation than the one it
+  began in, or once the key is no longer served here, answers nobody: its readers start
+  over (and are forwarded, or fill anew). Otherwise a fill begun before a handoff could
+  answer, after the key came back, a reader that arrived after another owner's write.
 - Versions are (write epoch, seq): the write epoch rises with every activation and across
   owners (coord/ownership.py); seq rises with every write of this node.
 - A write acknowledged by the store after the node's lease deadline is answered as
@@ -115,7 +121,12 @@ ANY = Condition()
 
 @dataclass
 class _Fill:
+    activation: int  # the owner's write epoch when the fill began: one per activation
     invalidated: bool = False
+
+
+class _FillOutlived(Exception):
+    """The fill completed under another activation than its own: answer nobody with it."""
 
 
 def make_entry(key: str, record: Record | None) -> Entry:
@@ -207,15 +218,21 @@ class Node:
         entry = self.hit(key)
         if entry is not None:
             return entry, True
-        if not self.owner.can_serve(key):
-            await self._await_serving(key)
-        self._miss.inc()
-        return await self._flights.do(key, lambda: self._fill(key, self._new_fill(key))), False
+        for _attempt in range(3):
+            if not self.owner.can_serve(key):
+                await self._await_serving(key)
+            self._miss.inc()
+            try:
+                entry = await self._flights.do(key, lambda: self._fill(key, self._new_fill(key)))
+            except _FillOutlived:
+                continue  # ownership changed during the fill: start over
+            return entry, False
+        raise Unavailable("ownership of the key kept changing during the read; retry")
 
     def _new_fill(self, key: str) -> _Fill:
         """Register a fill the moment its flight is created, before its task first runs,
         so that no write can start unseen in between."""
-        fill = self._fills[key] = _Fill()
+        fill = self._fills[key] = _Fill(self.owner.write_epoch)
         return fill
 
     async def _fill(self, key: str, fill: _Fill) -> Entry:
@@ -229,10 +246,12 @@ class Node:
             if self._fills.get(key) is fill:
                 del self._fills[key]
             self._read_seconds.observe(time.perf_counter() - started)
+        if fill.activation != self.owner.write_epoch or not self.owner.can_serve(key):
+            raise _FillOutlived
         entry = make_entry(key, record)
         cached = self.cache.get(key)
         newer_cached = cached is not None and cached.version >= entry.version
-        if not fill.invalidated and not newer_cached and self.owner.can_serve(key):
+        if not fill.invalidated and not newer_cached and key not in self._locks:
             self.cache.put(key, entry)
         return entry
 
@@ -316,6 +335,7 @@ class Node:
         active finish, then drop their entries (or every entry)."""
         for fill in self._fills.values():
             fill.invalidated = True
+        self._flights.detach_all()  # no reader arriving from now on joins a fill of before
         moving = [lock for key, lock in self._locks.items() if not self.owner.can_serve(key)]
         for lock in moving:
             async with lock:  # a write holding it finishes (its store call has a deadline)

@@ -239,6 +239,11 @@ class EtcdServer(ServerProcess):
             "--initial-cluster", self.initial_cluster,
             "--initial-cluster-state", "new",
             "--initial-cluster-token", "cachegrid",
+            # History is bounded: every node acks each second, and an etcd that reaches
+            # its space quota refuses every write (NOSPACE). Revision mode compacts every
+            # 5 minutes to (current - retention); nodes re-snapshot if they were behind.
+            "--auto-compaction-mode", "revision",
+            "--auto-compaction-retention", "10000",
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
             "--log-level", "warn",

@@ -41,6 +41,11 @@ class Group(Generic[T]):
         """
         self._calls.pop(key, None)
 
+    def detach_all(self) -> None:
+        """``detach`` every key (ownership changed: no later caller may join a load that
+        began under the old ownership)."""
+        self._calls.clear()
+
     def _forget(self, key: str, task: asyncio.Task[T]) -> None:
         if self._calls.get(key) is task:
             del self._calls[key]

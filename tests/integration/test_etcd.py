@@ -86,3 +86,24 @@ async def test_unreachable_etcd_gives_a_clear_error_in_bounded_time(ports) -> No
     assert all(endpoint in error.value.message for endpoint in endpoints)
     assert time.monotonic() - started < 2 * 0.5 + 2  # each endpoint tried once, bounded
     await etcd.close()
+
+
+async def test_conditional_puts_hold_a_key_for_one_lease(etcd_servers) -> None:
+    """put_if_absent creates a key once; a second lease cannot take it; put_if_lease
+    rewrites it only for the lease it is attached to."""
+    (member,) = etcd_servers(1)
+    etcd = Etcd([member.endpoint])
+    first, second = await etcd.grant(10), await etcd.grant(10)
+    assert await etcd.put_if_absent(b"/t/id", b"one", first.id) is None
+    holder = await etcd.put_if_absent(b"/t/id", b"two", second.id)
+    assert holder is not None
+    assert (holder.value, holder.lease) == (b"one", first.id)
+    assert not await etcd.put_if_lease(b"/t/id", b"two", second.id)
+    assert await etcd.put_if_lease(b"/t/id", b"one'", first.id)
+    _, now = await etcd.get(b"/t/id")
+    assert now is not None
+    assert (now.value, now.lease) == (b"one'", first.id)
+    await etcd.revoke(first.id)
+    assert not await etcd.put_if_lease(b"/t/id", b"x", first.id)  # gone
+    assert await etcd.put_if_absent(b"/t/id", b"two", second.id) is None
+    await etcd.close()

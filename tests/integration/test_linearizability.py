@@ -13,6 +13,7 @@ import os
 import aiohttp
 import pytest
 
+from cachegrid.servers import NodeProcess
 from tests.integration.faults import Relays, ScenarioResult, run_scenario
 
 TTL = 2
@@ -171,3 +172,31 @@ async def test_each_node_cut_off_from_a_different_replica(fresh_cluster) -> None
         assert result.shared_batches.get("store_read", 0) > 0, result.shared_batches
     finally:
         await relays.close()
+
+
+async def test_a_second_process_with_a_live_node_id_never_serves(fresh_cluster, ports) -> None:
+    """A replacement started before the old process died (same id, same config, another
+    port): while the original holds the id the duplicate serves nothing; it is stopped and
+    started again; then the original is killed, and the duplicate takes the id over once
+    the original's lease is gone. Clients send to every URL throughout."""
+    cluster = await start(fresh_cluster)
+    duplicate = NodeProcess(cluster.config.parent / "duplicate", "node1", ports.take(),
+                            cluster.config)  # fmt: skip
+
+    async def fault() -> None:
+        duplicate.spawn()
+        await asyncio.sleep(2.5)
+        await asyncio.to_thread(duplicate.stop)
+        duplicate.spawn()
+        await asyncio.sleep(1.5)
+        cluster.nodes[1].kill()
+        await asyncio.to_thread(duplicate.wait_ready, 20)
+
+    urls = [*cluster.urls, duplicate.url]
+    final = [cluster.urls[0], cluster.urls[2], duplicate.url]
+    try:
+        result = await run_scenario("duplicate node id", urls, fault, duration=10.0,
+                                    final_urls=final)  # fmt: skip
+        report(result)
+    finally:
+        await asyncio.to_thread(duplicate.stop)

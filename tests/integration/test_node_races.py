@@ -9,7 +9,8 @@ import asyncio
 from cachegrid.localcache import LocalCache
 from cachegrid.node import Node
 from cachegrid.ring import Member, Ring
-from cachegrid.store import QuorumStore, Replica
+from cachegrid.store import QuorumStore, Record, Replica
+from cachegrid.version import Version
 
 
 class AlwaysOwner:
@@ -115,4 +116,73 @@ async def test_a_fill_overlapping_a_write_is_not_cached_even_after_the_write_was
     assert old.body.endswith(b',"value":1,"version":"1.1"}')  # concurrent: the old value is fine
     entry, _ = await node.get("k")
     assert entry.version == version, "a fill that overlapped the write cached the old value"
+    await store.close()
+
+
+class MovableOwner(AlwaysOwner):
+    """An OwnerView whose ownership of every key the test moves away and back, as two
+    ring changes would; each activation has its own write epoch."""
+
+    def __init__(self) -> None:
+        self.serving = True
+        self.write_epoch = 1
+
+    def can_serve(self, key: str) -> bool:
+        return self.serving
+
+
+class HeldReads:
+    """A real store whose reads, once armed, read at once but answer only when released:
+    a slow replica round trip held open, deterministically, across ring changes."""
+
+    def __init__(self, store: QuorumStore) -> None:
+        self.store = store
+        self.gate: asyncio.Event | None = None
+        self.reading = asyncio.Event()  # set once an armed read has read
+
+    async def read(self, key):
+        return await self.store.read(key)
+
+    async def read_many(self, keys):
+        result = await self.store.read_many(keys)
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            self.reading.set()
+            await gate.wait()
+        return result
+
+    async def write(self, key, record):
+        return await self.store.write(key, record)
+
+    async def write_many(self, items):
+        return await self.store.write_many(items)
+
+
+async def test_a_fill_from_before_a_handoff_answers_no_reader_after_the_key_came_back(
+    redis_servers,
+) -> None:
+    """A fill reads v1 and is held. The key moves away (release), another owner writes v2,
+    the key comes back (a new activation). A reader arriving now must see v2: it may not
+    join the old fill, and the old fill may neither answer it nor cache v1."""
+    servers = redis_servers(3)
+    store = QuorumStore([Replica(s.endpoint, timeout=2) for s in servers], timeout=2)
+    held = HeldReads(store)
+    owner = MovableOwner()
+    node = Node("solo", owner, held, LocalCache(10, 10_000), stale_check_every=0)
+    await node.put("k", b"1")
+    node.flush()
+    gate = held.gate = asyncio.Event()
+    early = asyncio.create_task(node.get("k"))  # its fill reads v1, then is held
+    await held.reading.wait()
+    owner.serving = False  # ring change 1: the key moves away
+    await node.release(drop_all=False)
+    newer = Record(Version(2, 1), False, b"2")  # the other owner's write, acknowledged
+    assert await store.write("k", newer) == newer.version
+    owner.serving, owner.write_epoch = True, 3  # ring change 2: back, a new activation
+    late, _ = await asyncio.wait_for(node.get("k"), 5)
+    assert late.version == newer.version, "a reader after the write saw the older fill"
+    gate.set()
+    await early  # whatever it answers, it was concurrent with the write
+    entry, _ = await node.get("k")
+    assert entry.version == newer.version, "the old fill cached v1 after the key came back"
     await store.close()

@@ -7,6 +7,7 @@ import pytest
 
 from cachegrid.coord.etcd import Etcd
 from cachegrid.coord.session import Session
+from tests.integration.faults import TcpProxy
 
 
 async def test_the_deadline_trails_the_send_time_by_ttl_minus_margin(etcd_servers) -> None:
@@ -57,3 +58,24 @@ async def test_a_lease_that_expired_while_paused_is_lost_not_revived(etcd_server
 def test_the_margin_must_leave_room_for_keep_alives() -> None:
     with pytest.raises(ValueError, match="margin"):
         Session(None, 3, margin=1.0)  # type: ignore[arg-type]
+
+
+async def test_a_stuck_endpoint_does_not_cost_a_lease_that_has_slack(etcd_servers) -> None:
+    """The first endpoint black-holes every call (a hung etcd member): each keep-alive try
+    is bounded by a third of the slack and goes on to the next endpoint, so the lease is
+    kept. With the client's whole timeout (2 s) spent on the stuck endpoint, a 2 s lease
+    would be lost at the first renewal."""
+    (member,) = etcd_servers(1)
+    host, _, port = member.endpoint.rpartition(":")
+    stuck = TcpProxy(host, int(port))
+    stuck_port = await stuck.start()
+    etcd = Etcd([f"127.0.0.1:{stuck_port}", member.endpoint], timeout=2.0)
+    session = Session(etcd, 2, margin=0.3)
+    await session.start()  # through the relay, while it still relays
+    stuck.partition()
+    await asyncio.sleep(5)
+    assert not session.lost.is_set()
+    assert session.alive()
+    await session.close()
+    await stuck.close()
+    await etcd.close()

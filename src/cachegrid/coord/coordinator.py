@@ -32,6 +32,12 @@ Invariants:
   its local deadline (session.py) has passed. Never on the watch alone.
 - ``can_serve`` is true only before the session's local deadline and for a key active in
   ``Ownership``. After a lost lease nothing is served until re-registered and re-activated.
+- A node id is held exclusively: registration creates ``members/<id>`` only if it is
+  absent (one etcd transaction), and rewrites it only while it is attached to our lease.
+  Whenever the watch, a snapshot or an activation read shows our member key gone or
+  attached to another lease, the session is abandoned: a node never serves under an id
+  it does not hold. A second process with a live id waits ``id_wait`` seconds for it to
+  go (a previous run's lease expiring), then gives up (``DuplicateNodeId``).
 """
 
 from __future__ import annotations
@@ -55,11 +61,20 @@ from cachegrid.coord.etcd import (
     KeyValue,
     WatchEvent,
 )
-from cachegrid.coord.ownership import Ownership
+from cachegrid.coord.ownership import Activation, Ownership, may_activate
 from cachegrid.coord.session import Session
+from cachegrid.errors import CachegridError
 from cachegrid.ring import DEFAULT_VNODES, Member, Ring
 
 log = logging.getLogger(__name__)
+
+
+class DuplicateNodeId(CachegridError):
+    """Another live process holds this node's id: this one must not serve."""
+
+    code = "duplicate_node_id"
+    status = 503
+
 
 # Called after a ring is applied or the lease is lost, before the ack: the node must stop
 # and drop everything that is no longer active (``drop_all``: its whole cache).
@@ -84,6 +99,8 @@ class CoordSettings:
     # revision ``stall_after`` seconds later, the watch is deemed stalled: re-snapshot.
     probe_interval: float = 1.0
     stall_after: float = 3.0
+    # Seconds to wait for another process to give up this node's id before giving up.
+    id_wait: float = 15.0
 
 
 class Coordinator:
@@ -121,6 +138,9 @@ class Coordinator:
         self._changed = asyncio.Condition()  # notified on every applied event or activation
         self._probes: list[tuple[int, float]] = []  # (ack revision, when written), unseen
         self.failed: BaseException | None = None  # a background loop died: serve nothing
+        self.fatal = asyncio.Event()  # set when the node must exit (``failed`` says why)
+        self._member_key = self._members_prefix + settings.node_id.encode()
+        self._registered_at = 0  # revision of our member key's creation, this session
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -225,16 +245,64 @@ class Coordinator:
             await session.close(revoke=True)  # or its keep-alive loop would run on, orphaned
             raise
 
-    async def _put_member(self) -> None:
-        session = self.session
-        assert session is not None
-        record = {
+    def _member_record(self) -> bytes:
+        return orjson.dumps({
             "addr": self.settings.addr,
             "weight": self.settings.weight,
             "incarnation": self.incarnation,
-        }
-        key = self._members_prefix + self.settings.node_id.encode()
-        await self._etcd.put(key, orjson.dumps(record), lease=session.lease_id)
+        })  # fmt: skip
+
+    async def _put_member(self) -> None:
+        """Create our member key; if another process holds it, wait for it to go."""
+        session = self.session
+        assert session is not None
+        deadline = self._clock() + self.settings.id_wait
+        warned = False
+        while True:
+            holder = await self._etcd.put_if_absent(
+                self._member_key, self._member_record(), session.lease_id
+            )
+            if holder is None:
+                _, ours = await self._etcd.get(self._member_key)
+                self._registered_at = ours.mod_revision if ours else 0
+                return
+            if self._clock() >= deadline:
+                raise DuplicateNodeId(
+                    f"node id {self.settings.node_id!r} is held by another live process "
+                    f"({holder.value[:200]!r}, lease {holder.lease:x}); give each node its "
+                    "own node.id"
+                )
+            if not warned:
+                log.warning("node id %r is held by lease %x (%r): waiting up to %.0fs for it",
+                            self.settings.node_id, holder.lease, holder.value[:200],
+                            self.settings.id_wait)  # fmt: skip
+                warned = True
+            await asyncio.sleep(min(0.5, self.settings.id_wait / 10))
+
+    async def _rewrite_member(self) -> None:
+        """Rewrite our member key (new weight), only while it is still ours."""
+        session = self.session
+        assert session is not None
+        if not await self._etcd.put_if_lease(
+            self._member_key, self._member_record(), session.lease_id
+        ):
+            self._lose_identity("our member key is no longer attached to our lease")
+
+    def _lose_identity(self, reason: str) -> None:
+        """Our member key is not ours: serve nothing, register anew (lease loop)."""
+        session = self.session
+        if session is not None and not self._stopping:
+            log.error("node %s lost its identity: %s", self.settings.node_id, reason)
+            self.ownership.reset()
+            self._on_change()
+            session.abandon(reason)
+
+    def _check_identity(self, key: bytes, lease: int | None) -> None:
+        """``lease`` is the lease our member key has now (None: gone)."""
+        session = self.session
+        if key == self._member_key and session is not None and lease != session.lease_id:
+            shown = "gone" if lease is None else f"attached to lease {lease:x}"
+            self._lose_identity(f"our member key is {shown}")
 
     def _set_weight(self, raw: bytes) -> bool:
         """Adopt the operator's weight; True if it changed."""
@@ -273,6 +341,8 @@ class Coordinator:
             if item.key.startswith(self._members_prefix):
                 self._read_member(item)
                 newest_put = max(newest_put, item.mod_revision)
+        ours = next((i for i in snapshot.items if i.key == self._member_key), None)
+        self._check_identity(self._member_key, ours.lease if ours else None)
         current = self.ownership.current
         if current is None or newest_put > current.epoch:
             await self._apply_ring(newest_put)
@@ -292,7 +362,7 @@ class Coordinator:
             except EtcdCompacted as error:
                 log.warning("watch compacted (%s): re-snapshot", error.message)
                 await self._resync()
-            except EtcdUnavailable as error:
+            except (EtcdUnavailable, EtcdError) as error:
                 log.warning("watch broke: %s; resuming at %d", error.message,
                             self.applied_revision + 1)  # fmt: skip
                 await asyncio.sleep(0.2)
@@ -308,11 +378,13 @@ class Coordinator:
                 self._read_member(KeyValue(event.key, event.value, 0, event.revision, event.lease))
             else:
                 self._members.pop(event.key[len(self._members_prefix) :].decode(), None)
+            if event.revision > self._registered_at:  # not the past of an earlier session
+                self._check_identity(event.key, event.lease if event.kind == "put" else None)
             await self._apply_ring(event.revision)
         elif event.key == self._weight_key and event.kind == "put":
             if self._set_weight(event.value) and self.session and self.session.alive():
                 with contextlib.suppress(EtcdUnavailable):
-                    await self._put_member()  # its own event then changes the ring
+                    await self._rewrite_member()  # its own event then changes the ring
         elif event.key.startswith(self._admin_prefix) and event.kind == "put":
             await self._run_admin(event)
         # Only now, with the ring applied and released, does the event count as applied.
@@ -366,7 +438,8 @@ class Coordinator:
         value = str(self.applied_revision if revision is None else revision).encode()
         try:
             return await self._etcd.put(self._ack_key, value, lease=session.lease_id)
-        except EtcdUnavailable:
+        except (EtcdUnavailable, EtcdError) as error:  # e.g. NOSPACE: acks resume later
+            log.warning("ack of %s not written: %s", value.decode(), error.message)
             return None
 
     # -- activation -----------------------------------------------------------------------
@@ -379,7 +452,7 @@ class Coordinator:
                 continue
             try:
                 confirmed_at = await self._all_acked(epoch)
-            except EtcdUnavailable:
+            except (EtcdUnavailable, EtcdError):
                 confirmed_at = None
             if confirmed_at is not None and self.ownership.activate(epoch, confirmed_at):
                 self._on_change()
@@ -392,18 +465,20 @@ class Coordinator:
         """A linearizable read: has every other live member acked a revision >= epoch?
         The read's revision if so, else None."""
         snapshot = await self._etcd.get_prefix(self._root)
-        members: set[str] = set()
+        members: dict[str, int] = {}  # node id -> the lease its member key is attached to
         acks: dict[str, int] = {}
         for item in snapshot.items:
             if item.key.startswith(self._members_prefix):
-                members.add(item.key[len(self._members_prefix) :].decode())
+                members[item.key[len(self._members_prefix) :].decode()] = item.lease
             elif item.key.startswith(self._acks_prefix):
                 with contextlib.suppress(ValueError):
                     acks[item.key[len(self._acks_prefix) :].decode()] = int(item.value)
-        if self.settings.node_id not in members:
-            return None  # our own registration is gone: the lease loop takes over
-        others = (m for m in members if m != self.settings.node_id)
-        return snapshot.revision if all(acks.get(m, 0) >= epoch for m in others) else None
+        session = self.session
+        lease = session.lease_id if session else 0
+        verdict = may_activate(members, acks, self.settings.node_id, lease, epoch)
+        if verdict is Activation.NOT_OURS:
+            self._check_identity(self._member_key, members.get(self.settings.node_id))
+        return snapshot.revision if verdict is Activation.YES else None
 
     async def _wait_change(self, at_most: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -436,16 +511,31 @@ class Coordinator:
     # -- helpers --------------------------------------------------------------------------
 
     def _supervised(self, loop: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[None]:
-        """Run a background loop; if it dies of a bug, stop serving rather than serve on a
-        view that no longer updates."""
+        """Run a background loop. If it dies of a bug, never stay alive and useless: give up
+        the lease (others take our keys; the lease loop registers anew), then run the loop
+        again, with backoff. If another process holds our id, the node must exit."""
 
         async def run() -> None:
-            try:
-                await loop()
-            except Exception as error:
-                log.exception("%s failed: nothing will be served", name)
-                self.failed = error
-                self._on_change()
+            delay = 0.2
+            while not self._stopping:
+                try:
+                    await loop()
+                    return
+                except DuplicateNodeId as error:
+                    log.error("%s", error.message)
+                    self.failed = error
+                    self.fatal.set()
+                    self._on_change()
+                    return
+                except Exception as error:
+                    log.exception("%s failed: giving up the lease, restarting it", name)
+                    self.failed = error
+                    self._lose_identity(f"{name} failed: {error!r}")
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, 5.0)
+                    self.failed = None
+                    if name == "coord-watch":
+                        await self._resync()  # it may have died half-way through an event
 
         return asyncio.create_task(run(), name=name)
 
@@ -456,7 +546,7 @@ class Coordinator:
             try:
                 await step()
                 return
-            except EtcdUnavailable as error:
-                log.warning("etcd unavailable: %s", error.message)
+            except (EtcdUnavailable, EtcdError) as error:
+                log.warning("etcd: %s; retrying", error.message)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -131,6 +131,48 @@ class Etcd:
         reply = await self._call(lambda c: c.put(key, value, lease=lease))
         return int(reply.header.revision)
 
+    async def put_if_absent(self, key: bytes, value: bytes, lease: int) -> KeyValue | None:
+        """Create ``key`` only if it does not exist, in one transaction: None if written,
+        else the key as it is."""
+        kv = aetcd.transactions
+
+        async def txn(client: aetcd.Client) -> tuple[bool, list[Any]]:
+            return await client.transaction(  # type: ignore[no-any-return]  # untyped
+                compare=[kv.Create(key) == 0],
+                success=[kv.Put(key, value, lease=lease)],
+                failure=[kv.Get(key)],
+            )
+
+        written, existing = await self._conditional(txn)
+        return None if written else existing
+
+    async def put_if_lease(self, key: bytes, value: bytes, lease: int) -> bool:
+        """Rewrite ``key`` only if it is attached to ``lease`` (still ours); True if so."""
+        kv = aetcd.transactions
+
+        async def txn(client: aetcd.Client) -> tuple[bool, list[Any]]:
+            return await client.transaction(  # type: ignore[no-any-return]  # untyped
+                compare=[_LeaseCompare(key) == lease],
+                success=[kv.Put(key, value, lease=lease)],
+                failure=[kv.Get(key)],
+            )
+
+        written, _ = await self._conditional(txn)
+        return written
+
+    async def _conditional(
+        self, txn: Callable[[aetcd.Client], Awaitable[tuple[bool, list[Any]]]]
+    ) -> tuple[bool, KeyValue | None]:
+        """(whether the transaction's success branch ran, the key its failure branch read)."""
+        succeeded, responses = await self._call(txn)
+        found = responses[0] if responses and not succeeded else []
+        if not found:
+            return bool(succeeded), None
+        _value, meta = found[0]
+        item = KeyValue(meta.key, meta.value, meta.create_revision, meta.mod_revision,
+                        meta.lease)  # fmt: skip
+        return False, item
+
     async def delete(self, key: bytes) -> int:
         reply = await self._call(lambda c: c.delete(key))
         return int(reply.header.revision) if reply is not None else 0
@@ -139,9 +181,10 @@ class Etcd:
         lease = await self._call(lambda c: c.lease(ttl))
         return Lease(int(lease.id), int(lease.ttl))
 
-    async def keep_alive(self, lease_id: int) -> int:
-        """Refresh a lease once; its TTL now, 0 if it no longer exists."""
-        reply = await self._call(lambda c: c.refresh_lease(lease_id))
+    async def keep_alive(self, lease_id: int, per_try: float | None = None) -> int:
+        """Refresh a lease once; its TTL now, 0 if it no longer exists. ``per_try``, if
+        given, bounds each endpoint's try instead of the client's timeout."""
+        reply = await self._call(lambda c: c.refresh_lease(lease_id), per_try)
         return max(int(reply.TTL), 0) if reply is not None else 0
 
     async def revoke(self, lease_id: int) -> None:
@@ -196,13 +239,15 @@ class Etcd:
         ]
         return Snapshot(int(reply.header.revision), items)
 
-    async def _call(self, op: Callable[[aetcd.Client], Awaitable[T]]) -> T:
+    async def _call(
+        self, op: Callable[[aetcd.Client], Awaitable[T]], per_try: float | None = None
+    ) -> T:
         """Run ``op`` on the current endpoint, failing over to the others in turn."""
         failures: list[str] = []
         for step in range(len(self._clients)):
             index = (self._current + step) % len(self._clients)
             try:
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(per_try or self.timeout):
                     result = await op(self._clients[index])
             except (TimeoutError, *_ERRORS) as error:
                 translated = _translate(error)
@@ -213,10 +258,33 @@ class Etcd:
             except aexc.RevisionCompactedError as error:
                 raise EtcdCompacted(str(error), int(error.compacted_revision)) from error
             except aexc.ClientError as error:
-                raise EtcdError(f"etcd: {error}") from error
+                if not _transient(error):
+                    raise EtcdError(f"etcd: {error}") from error
+                failures.append(f"{self.endpoints[index]}: {error}")
+                continue
             self._current = index
             return result
         raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(failures))
+
+
+class _LeaseCompare(aetcd.transactions.BaseCompare):  # type: ignore[misc]  # untyped
+    """Compare a key's lease (etcd has it; aetcd has no class for it)."""
+
+    def build_compare(self, compare: Any) -> None:
+        compare.target = aetcd.rpc.Compare.LEASE
+        compare.lease = int(self.value)
+
+
+# gRPC codes under which etcd may well answer later, or another endpoint now: too many
+# requests or no space (RESOURCE_EXHAUSTED: callers retry until the alarm is disarmed),
+# a call cut short (CANCELLED), or an unclassified failure (UNKNOWN).
+_TRANSIENT = {"RESOURCE_EXHAUSTED", "CANCELLED", "UNKNOWN"}
+
+
+def _transient(error: aexc.ClientError) -> bool:
+    cause = error.__cause__
+    code = getattr(cause, "code", None)
+    return callable(code) and getattr(code(), "name", "") in _TRANSIENT
 
 
 def _translate(error: BaseException) -> CachegridError:

@@ -83,23 +83,36 @@ class Session:
                 await self._etcd.revoke(self.lease_id)
 
     async def _keep_alive(self) -> None:
+        """Renew every TTL/3. A failed or slow renewal is retried at once, each try bounded
+        by a third of the slack left (against the next endpoint when there are several),
+        so one stuck call cannot use up a lease that still has time."""
         interval = self.ttl / 3
+        retry = False
         while not self.lost.is_set():
-            await asyncio.sleep(min(interval, max(self.slack(), 0.0)))
+            if not retry:
+                await asyncio.sleep(min(interval, max(self.slack(), 0.0)))
             if self._clock() >= self.deadline:
                 self._lose("the deadline passed without a successful keep-alive")
                 return
             sent = self._clock()
+            attempt = max(0.05, min(interval, self.slack() / 3))
             try:
-                granted = await self._etcd.keep_alive(self.lease_id)
-            except EtcdUnavailable as error:
+                granted = await self._etcd.keep_alive(self.lease_id, per_try=attempt)
+            except (EtcdUnavailable, EtcdError) as error:
                 log.warning("keep-alive of lease %x failed: %s", self.lease_id, error.message)
-                await asyncio.sleep(min(0.2, interval))
+                await asyncio.sleep(min(0.1, interval))
+                retry = True
                 continue
+            retry = False
             if granted <= 0:
                 self._lose("etcd says the lease expired")
                 return
             self._extend(sent, granted)
+
+    def abandon(self, reason: str) -> None:
+        """Stop serving under this lease now (it is no longer a right to serve)."""
+        if not self.lost.is_set():
+            self._lose(reason)
 
     def _extend(self, sent: float, granted: int) -> None:
         if self._clock() >= self.deadline and self.deadline:
