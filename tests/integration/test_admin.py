@@ -171,7 +171,14 @@ async def test_repair_copies_to_a_replica_restarted_empty(http, fresh_cluster) -
                                    token=cluster.admin_token)  # fmt: skip
     assert status == 200
     assert report["unreachable"] == []
-    assert report["copies_written"] == 30
+    # The nodes' own upkeep races the admin pass (it copies missed writes and repairs a
+    # replica in doubt by itself), so the copies may be written by either: what must hold
+    # is that the wiped replica has every record afterwards.
+    assert report["keys_checked"] >= 30
+    alone = Replica(cluster.redis[2].endpoint, timeout=1)
+    held = await alone.read([f"rp-{i}" for i in range(30)])
+    await alone.close()
+    assert all(record is not None for record in held), held
 
 
 async def test_metrics_and_the_inconsistency_detector(http, fresh_cluster) -> None:
