@@ -207,7 +207,7 @@ class Coordinator:
         await self._register()
         await self._snapshot()
         self._tasks = [
-            self._supervised(self._watch_loop, "coord-watch"),
+            self._supervised(self._watch_loop, "coord-watch", on_restart=self._resync),
             self._supervised(self._activation_loop, "coord-activate"),
             self._supervised(self._lease_loop, "coord-lease"),
             self._supervised(self._probe_loop, "coord-probe"),
@@ -286,13 +286,14 @@ class Coordinator:
         if not await self._etcd.put_if_lease(
             self._member_key, self._member_record(), session.lease_id
         ):
-            self._lose_identity("our member key is no longer attached to our lease")
+            self._give_up_lease("our member key is no longer attached to our lease")
 
-    def _lose_identity(self, reason: str) -> None:
-        """Our member key is not ours: serve nothing, register anew (lease loop)."""
+    def _give_up_lease(self, reason: str) -> None:
+        """Serve nothing from now on and abandon the session: the lease loop registers anew
+        (our member key is not ours any more, or a loop died)."""
         session = self.session
         if session is not None and not self._stopping:
-            log.error("node %s lost its identity: %s", self.settings.node_id, reason)
+            log.error("node %s gives up its lease: %s", self.settings.node_id, reason)
             self.ownership.reset()
             self._on_change()
             session.abandon(reason)
@@ -302,7 +303,7 @@ class Coordinator:
         session = self.session
         if key == self._member_key and session is not None and lease != session.lease_id:
             shown = "gone" if lease is None else f"attached to lease {lease:x}"
-            self._lose_identity(f"our member key is {shown}")
+            self._give_up_lease(f"our member key is {shown}")
 
     def _set_weight(self, raw: bytes) -> bool:
         """Adopt the operator's weight; True if it changed."""
@@ -506,14 +507,20 @@ class Coordinator:
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
         await self._resync()
-        self._tasks[0] = self._supervised(self._watch_loop, "coord-watch")
+        self._tasks[0] = self._supervised(self._watch_loop, "coord-watch", on_restart=self._resync)
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _supervised(self, loop: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[None]:
+    def _supervised(
+        self,
+        loop: Callable[[], Awaitable[None]],
+        name: str,
+        on_restart: Callable[[], Awaitable[None]] | None = None,
+    ) -> asyncio.Task[None]:
         """Run a background loop. If it dies of a bug, never stay alive and useless: give up
         the lease (others take our keys; the lease loop registers anew), then run the loop
-        again, with backoff. If another process holds our id, the node must exit."""
+        again, with backoff, after ``on_restart`` (the watch: it may have died half-way
+        through an event, so re-snapshot). If another process holds our id, exit."""
 
         async def run() -> None:
             delay = 0.2
@@ -530,12 +537,12 @@ class Coordinator:
                 except Exception as error:
                     log.exception("%s failed: giving up the lease, restarting it", name)
                     self.failed = error
-                    self._lose_identity(f"{name} failed: {error!r}")
+                    self._give_up_lease(f"{name} failed: {error!r}")
                     await asyncio.sleep(delay)
                     delay = min(2 * delay, 5.0)
                     self.failed = None
-                    if name == "coord-watch":
-                        await self._resync()  # it may have died half-way through an event
+                    if on_restart is not None:
+                        await on_restart()
 
         return asyncio.create_task(run(), name=name)
 

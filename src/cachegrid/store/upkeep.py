@@ -188,15 +188,11 @@ class Upkeep:
 
     async def _recover(self, mode: Mode, targets: list[Replica], reachable: list[Replica]) -> None:
         """Bring ``targets`` up to date with their sources, then vouch for them."""
-        if mode is Mode.REPAIR:
-            sources = [r for r in reachable if r.trust is Trust.TRUSTED]
-            if len(sources) < self.majority:
-                return  # wait for the trusted ones to answer again
-        else:
-            sources = reachable
-            if len(sources) < self.majority:
-                return
-        if not targets:
+        # REPAIR reads from the trusted replicas, RECONCILE from every reachable one; either
+        # way a majority must answer, or the round waits for more to answer again.
+        trusted = [r for r in reachable if r.trust is Trust.TRUSTED]
+        sources = trusted if mode is Mode.REPAIR else reachable
+        if len(sources) < self.majority or not targets:
             return
         token = os.urandom(8).hex().encode()
         locked = [t for t in targets if await _try(t.lock_repair(token, LOCK_SECONDS))]
