@@ -121,6 +121,7 @@ def start_cluster(
     replicas: int = 3,
     node_config: str = "",
     via: Callable[[int, str, str], str] | None = None,
+    etcd_args: tuple[str, ...] = (),
 ) -> Cluster:
     """Start a whole cluster; the caller stops it (``Cluster.stop``).
 
@@ -128,7 +129,7 @@ def start_cluster(
     (``"etcd"``, ``"redis0"``, ``"redis1"``...): a fault-injecting proxy in front of it.
     By default every node uses the endpoints themselves.
     """
-    etcd = etcd_cluster(base / "etcd", ports, 1)
+    etcd = etcd_cluster(base / "etcd", ports, 1, etcd_args)
     redis = [RedisServer(base / f"redis{i}", ports.take()) for i in range(replicas)]
     base.mkdir(parents=True, exist_ok=True)
     config = base / "cachegrid.toml"

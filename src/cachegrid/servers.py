@@ -208,12 +208,14 @@ class EtcdServer(ServerProcess):
         client_port: int,
         peer_port: int,
         initial_cluster: str | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         super().__init__(data_dir)
         self.member_name = member_name
         self.client_port = client_port
         self.peer_port = peer_port
         self.initial_cluster = initial_cluster or f"{member_name}={self.peer_url}"
+        self.extra_args = extra_args  # more etcd flags (e.g. a small --quota-backend-bytes)
 
     @property
     def endpoint(self) -> str:
@@ -247,6 +249,7 @@ class EtcdServer(ServerProcess):
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
             "--log-level", "warn",
+            *self.extra_args,
         ]  # fmt: skip
 
     def is_ready(self) -> bool:
@@ -257,13 +260,15 @@ class EtcdServer(ServerProcess):
             return False
 
 
-def etcd_cluster(base_dir: Path, ports: PortAllocator, size: int) -> list[EtcdServer]:
+def etcd_cluster(
+    base_dir: Path, ports: PortAllocator, size: int, extra_args: tuple[str, ...] = ()
+) -> list[EtcdServer]:
     """``size`` etcd members forming one cluster, not yet started."""
     names = [f"etcd{i}" for i in range(size)]
     peer_ports = [ports.take() for _ in names]
     initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(names, peer_ports, strict=True))
     return [
-        EtcdServer(base_dir / name, name, ports.take(), peer_port, initial)
+        EtcdServer(base_dir / name, name, ports.take(), peer_port, initial, extra_args)
         for name, peer_port in zip(names, peer_ports, strict=True)
     ]
 
