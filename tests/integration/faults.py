@@ -130,10 +130,11 @@ async def run_scenario(
     duration: float = 8.0,
     final_urls: list[str] | None = None,
     seed: int = 0,
+    keys: list[str] | None = None,
 ) -> ScenarioResult:
     """Record a history while ``fault`` runs (starting 1 s in), then read every key
-    through every surviving node, and check it all."""
-    keys = [f"lin-{i}" for i in range(6)]
+    through every surviving node, and check it all. Six keys unless ``keys`` says."""
+    keys = keys or [f"lin-{i}" for i in range(6)]
     recorder = Recorder(urls, keys, seed=seed)
     workload = asyncio.create_task(recorder.run(duration))
     await asyncio.sleep(1.0)
