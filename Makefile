@@ -6,7 +6,7 @@
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-SYSDEPS := /usr/bin/redis-server /usr/bin/etcd /usr/bin/etcdctl /usr/bin/wrk
+SYSDEPS := /usr/bin/redis-server /usr/bin/etcd /usr/bin/etcdctl /usr/bin/wrk /usr/sbin/nft /usr/sbin/ip
 
 .PHONY: up test test-fast lint bench bench-store sysdeps venv clean
 
@@ -34,7 +34,7 @@ sysdeps: $(SYSDEPS)
 
 $(SYSDEPS):
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server etcd-server etcd-client wrk
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server etcd-server etcd-client wrk nftables iproute2
 
 venv: $(STAMP)
 

@@ -23,6 +23,7 @@ from cachegrid.servers import (
     start_all,
 )
 from cachegrid.store import QuorumStore, Replica
+from tests.integration.netns import Netns
 
 RedisFactory = Callable[..., list[RedisServer]]
 EtcdFactory = Callable[[int], list[EtcdServer]]
@@ -103,6 +104,7 @@ class Cluster:
     nodes: list[NodeProcess]
     config: Path
     admin_token: str = "test-admin-token"
+    netns: Netns | None = None  # node 0's network namespace, if it has one
 
     @property
     def urls(self) -> list[str]:
@@ -111,6 +113,8 @@ class Cluster:
     def stop(self) -> None:
         for process in [*self.nodes, *self.redis, *self.etcd]:
             process.stop()
+        if self.netns is not None:
+            self.netns.destroy()
 
 
 def start_cluster(
@@ -122,18 +126,32 @@ def start_cluster(
     node_config: str = "",
     via: Callable[[int, str, str], str] | None = None,
     etcd_args: tuple[str, ...] = (),
+    netns: Netns | None = None,
 ) -> Cluster:
     """Start a whole cluster; the caller stops it (``Cluster.stop``).
 
     ``via(node_index, service, endpoint)`` may give a node another address for a service
     (``"etcd"``, ``"redis0"``, ``"redis1"``...): a fault-injecting proxy in front of it.
-    By default every node uses the endpoints themselves.
+    By default every node uses the endpoints themselves. With ``netns``, node 0 runs in
+    that network namespace (created here, destroyed by ``Cluster.stop``) and reaches etcd,
+    the replicas and the other nodes over its veth link, where they listen too.
     """
+    also = (netns.outer,) if netns else ()
     etcd = etcd_cluster(base / "etcd", ports, 1, etcd_args)
-    redis = [RedisServer(base / f"redis{i}", ports.take()) for i in range(replicas)]
+    etcd[0].also_listen = also
+    redis = [RedisServer(base / f"redis{i}", ports.take(), also_bind=also)
+             for i in range(replicas)]  # fmt: skip
     base.mkdir(parents=True, exist_ok=True)
     config = base / "cachegrid.toml"
-    cluster = Cluster(etcd, redis, [], config)
+    cluster = Cluster(etcd, redis, [], config, netns=netns)
+    if netns is not None:
+        try:
+            netns.create()
+        except BaseException:
+            netns.destroy()
+            raise
+        via = _through_netns(netns.outer, via)
+
     replica_list = ", ".join(f'"{r.endpoint}"' for r in redis)
     config.write_text(
         f'[etcd]\nendpoints = ["{etcd[0].endpoint}"]\n\n'
@@ -152,9 +170,16 @@ def start_cluster(
                 text = text.replace(f'"{server.endpoint}"', f'"{routed}"')
             configs[index] = base / f"node{index}.toml"
             configs[index].write_text(text)
-    cluster.nodes = [
-        NodeProcess(base / f"node{i}", f"node{i}", ports.take(), configs[i]) for i in range(nodes)
-    ]
+
+    def node(i: int) -> NodeProcess:
+        if netns is None:
+            return NodeProcess(base / f"node{i}", f"node{i}", ports.take(), configs[i])
+        # The others listen where node 0 can forward to them: the host side of its link.
+        host, wrapper = (netns.inner, netns.wrapper) if i == 0 else (netns.outer, ())
+        return NodeProcess(base / f"node{i}", f"node{i}", ports.take(), configs[i],
+                           host=host, wrapper=wrapper)  # fmt: skip
+
+    cluster.nodes = [node(i) for i in range(nodes)]
     try:
         start_all([*etcd, *redis])
         start_all(list(cluster.nodes), timeout=60)
@@ -162,6 +187,19 @@ def start_cluster(
         cluster.stop()
         raise
     return cluster
+
+
+def _through_netns(
+    outer: str, via: Callable[[int, str, str], str] | None
+) -> Callable[[int, str, str], str]:
+    """Node 0 (in the namespace) reaches every service at the host side of its link."""
+
+    def route(index: int, service: str, endpoint: str) -> str:
+        if index == 0:
+            return endpoint.replace("127.0.0.1", outer)
+        return via(index, service, endpoint) if via else endpoint
+
+    return route
 
 
 @pytest.fixture

@@ -165,10 +165,14 @@ class RedisServer(ServerProcess):
 
     name = "redis-server"
 
-    def __init__(self, data_dir: Path, port: int, appendfsync: str = "everysec") -> None:
+    def __init__(
+        self, data_dir: Path, port: int, appendfsync: str = "everysec",
+        also_bind: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         super().__init__(data_dir)
         self.port = port
         self.appendfsync = appendfsync
+        self.also_bind = also_bind  # addresses to listen on besides 127.0.0.1
 
     @property
     def endpoint(self) -> str:
@@ -177,7 +181,7 @@ class RedisServer(ServerProcess):
     def argv(self) -> list[str]:
         return [
             "redis-server",
-            "--bind", "127.0.0.1",
+            "--bind", "127.0.0.1", *self.also_bind,
             "--port", str(self.port),
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
@@ -216,6 +220,7 @@ class EtcdServer(ServerProcess):
         self.peer_port = peer_port
         self.initial_cluster = initial_cluster or f"{member_name}={self.peer_url}"
         self.extra_args = extra_args  # more etcd flags (e.g. a small --quota-backend-bytes)
+        self.also_listen: tuple[str, ...] = ()  # client addresses besides 127.0.0.1
 
     @property
     def endpoint(self) -> str:
@@ -234,7 +239,9 @@ class EtcdServer(ServerProcess):
             "etcd",
             "--name", self.member_name,
             "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.url,
+            "--listen-client-urls", ",".join(
+                [self.url, *(f"http://{host}:{self.client_port}" for host in self.also_listen)]
+            ),
             "--advertise-client-urls", self.url,
             "--listen-peer-urls", self.peer_url,
             "--initial-advertise-peer-urls", self.peer_url,
@@ -291,23 +298,29 @@ class NodeProcess(ServerProcess):
 
     name = "cachegrid-node"
 
-    def __init__(self, data_dir: Path, node_id: str, port: int, config: Path) -> None:
+    def __init__(
+        self, data_dir: Path, node_id: str, port: int, config: Path, *,
+        host: str = "127.0.0.1", wrapper: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         super().__init__(data_dir)
         self.node_id = node_id
         self.port = port
         self.config = config
+        self.host = host
+        self.wrapper = wrapper  # a command the node runs under (e.g. ip netns exec NS)
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
         return f"http://{self.endpoint}"
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "cachegrid", "node", "--config", str(self.config),
-                "--id", self.node_id, "--listen", self.endpoint]  # fmt: skip
+        return [*self.wrapper, sys.executable, "-m", "cachegrid", "node",
+                "--config", str(self.config), "--id", self.node_id,
+                "--listen", self.endpoint]  # fmt: skip
 
     def is_ready(self) -> bool:
         try:

@@ -15,6 +15,7 @@ import pytest
 
 from cachegrid.servers import NodeProcess
 from tests.integration.faults import Relays, ScenarioResult, run_scenario
+from tests.integration.netns import Netns
 
 TTL = 2
 pytestmark = pytest.mark.slow
@@ -240,3 +241,22 @@ async def test_a_wiped_replica_while_another_lags_over_hundreds_of_keys(fresh_cl
                                 fault, duration=14.0, keys=keys)  # fmt: skip
     report(result)
     assert result.shared_batches.get("store_read", 0) > 100, result.shared_batches
+
+
+async def test_a_node_partitioned_by_the_kernel_from_etcd_and_a_replica(fresh_cluster) -> None:
+    """A real network partition: node0 runs in a network namespace of the test's own and
+    reaches the host over a veth pair. The kernel drops what it sends to etcd and to
+    replica 0 for TTL + 2 s, while clients (and the other nodes) still reach it; then the
+    partition heals. node0 must stop serving at its local deadline, the others take its
+    keys, and it comes back as a new incarnation."""
+    cluster = await start(fresh_cluster, netns=Netns(0))
+    assert cluster.netns is not None
+    ports = [cluster.etcd[0].client_port, cluster.redis[0].port]
+
+    async def fault() -> None:
+        await asyncio.to_thread(cluster.netns.cut, ports)  # type: ignore[union-attr]
+        await asyncio.sleep(TTL + 2)
+        await asyncio.to_thread(cluster.netns.heal)  # type: ignore[union-attr]
+
+    report(await run_scenario("node partitioned (netns) from etcd and a replica",
+                              cluster.urls, fault, duration=10.0))  # fmt: skip

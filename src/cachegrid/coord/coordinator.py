@@ -140,7 +140,10 @@ class Coordinator:
         self.failed: BaseException | None = None  # a background loop died: serve nothing
         self.fatal = asyncio.Event()  # set when the node must exit (``failed`` says why)
         self._member_key = self._members_prefix + settings.node_id.encode()
-        self._registered_at = 0  # revision of our member key's creation, this session
+        # The session whose member key we created, and that key's revision: identity checks
+        # apply only to it (a session still registering holds no key yet).
+        self._registered_lease = 0
+        self._registered_at = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -265,6 +268,7 @@ class Coordinator:
             if holder is None:
                 _, ours = await self._etcd.get(self._member_key)
                 self._registered_at = ours.mod_revision if ours else 0
+                self._registered_lease = session.lease_id
                 return
             if self._clock() >= deadline:
                 raise DuplicateNodeId(
@@ -298,10 +302,17 @@ class Coordinator:
             self._on_change()
             session.abandon(reason)
 
+    def _holds_id(self) -> bool:
+        """True once the current session has created our member key."""
+        session = self.session
+        return session is not None and session.lease_id == self._registered_lease
+
     def _check_identity(self, key: bytes, lease: int | None) -> None:
         """``lease`` is the lease our member key has now (None: gone)."""
         session = self.session
-        if key == self._member_key and session is not None and lease != session.lease_id:
+        if key != self._member_key or session is None or not self._holds_id():
+            return  # not ours, or still registering: nothing to lose yet
+        if lease != session.lease_id:
             shown = "gone" if lease is None else f"attached to lease {lease:x}"
             self._give_up_lease(f"our member key is {shown}")
 
@@ -475,7 +486,7 @@ class Coordinator:
                 with contextlib.suppress(ValueError):
                     acks[item.key[len(self._acks_prefix) :].decode()] = int(item.value)
         session = self.session
-        lease = session.lease_id if session else 0
+        lease = session.lease_id if session and self._holds_id() else 0
         verdict = may_activate(members, acks, self.settings.node_id, lease, epoch)
         if verdict is Activation.NOT_OURS:
             self._check_identity(self._member_key, members.get(self.settings.node_id))
