@@ -13,7 +13,9 @@ import os
 import aiohttp
 import pytest
 
+from cachegrid.coord.etcd import Etcd
 from cachegrid.servers import NodeProcess
+from tests.integration.etcd_ops import clear_nospace, fill_past_quota
 from tests.integration.faults import Relays, ScenarioResult, run_scenario
 from tests.integration.netns import Netns
 
@@ -260,3 +262,47 @@ async def test_a_node_partitioned_by_the_kernel_from_etcd_and_a_replica(fresh_cl
 
     report(await run_scenario("node partitioned (netns) from etcd and a replica",
                               cluster.urls, fault, duration=10.0))  # fmt: skip
+
+
+async def test_etcd_compacted_under_load_then_out_of_space_and_cleared(fresh_cluster) -> None:
+    """etcd's history is compacted to its newest revision three times under load (every
+    watch from before must re-snapshot), then etcd fills past its 16 MiB quota (NOSPACE:
+    acks fail) and an operator clears it. No node may wedge: every key is read through
+    every node at the end, and the history is checked."""
+    cluster = await start(fresh_cluster, etcd_args=("--quota-backend-bytes", str(16 << 20)))
+    endpoint = cluster.etcd[0].endpoint
+    etcd = Etcd([endpoint])
+
+    async def fault() -> None:
+        for _ in range(3):
+            revision, _ = await etcd.get(b"/cachegrid/")
+            await etcd.compact(revision)
+            await admin(cluster, "/admin/flush", {"all": True})  # a record after the compaction
+            await asyncio.sleep(0.7)
+        written = await fill_past_quota(etcd)
+        await asyncio.sleep(2.0)
+        await clear_nospace(etcd, endpoint, written)
+
+    try:
+        report(await run_scenario("etcd compacted, then out of space and cleared",
+                                  cluster.urls, fault, duration=12.0))  # fmt: skip
+    finally:
+        await etcd.close()
+
+
+async def test_rebalances_while_fills_are_in_flight(fresh_cluster) -> None:
+    """Small caches and flushes make most reads fills; rebalances move keys away and back
+    while they are in flight (a fill of one activation must answer no reader of the next)."""
+    cluster = await start(fresh_cluster, node_config="cache_max_entries = 50\n")
+
+    async def fault() -> None:
+        for step in range(6):
+            await admin(cluster, "/admin/flush", {"all": True})
+            weights = {f"node{i}": 3 if i == step % 3 else 1 for i in range(3)}
+            await admin(cluster, "/admin/rebalance", {"weights": weights})
+
+    keys = [f"reb-{i:03d}" for i in range(100)]
+    result = await run_scenario("rebalances while fills are in flight", cluster.urls, fault,
+                                duration=10.0, keys=keys)  # fmt: skip
+    report(result)
+    assert result.shared_batches.get("store_read", 0) > 100, result.shared_batches
