@@ -63,6 +63,9 @@ async def test_cluster_status_and_ring_shares(http, cluster) -> None:
     assert status == 200
     assert sorted(body["nodes"]) == ["node0", "node1", "node2"]
     assert all("error" not in s for s in body["nodes"].values())
+    for node in body["nodes"].values():  # each replica's trust and repair, per node
+        assert [r["trust"] for r in node["replicas"]] == ["trusted"] * 3
+        assert all({"missed_writes", "repair"} <= set(r) for r in node["replicas"])
     _, _, ring = await call(http, "GET", f"{cluster.urls[0]}/admin/ring", token=cluster.admin_token)
     shares = [m["share"] for m in ring["members"]]
     assert abs(sum(shares) - 1) < 0.01

@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from cachegrid.ring import Ring
+from cachegrid.servers import NodeProcess
 
 
 async def get(http, url):
@@ -98,3 +99,25 @@ async def test_overload_is_shed_with_429_not_queued(fresh_cluster, http) -> None
     shed = next(a for a in answers if a[0] == 429)
     assert shed[1]["Retry-After"] == "1"
     assert orjson.loads(shed[2])["error"]["code"] == "overloaded"
+
+
+@pytest.mark.slow
+async def test_a_duplicate_node_id_is_refused_with_a_clear_error(
+    fresh_cluster, ports, tmp_path
+) -> None:
+    """A second process with a live id waits ``node.id_wait`` for it, serves nothing
+    meanwhile, then exits non-zero naming the holder."""
+    cluster = fresh_cluster()
+    config = tmp_path / "dup.toml"
+    config.write_text(cluster.config.read_text() + "id_wait = 1.5\n")
+    duplicate = NodeProcess(tmp_path / "dup", "node1", ports.take(), config)
+    duplicate.spawn()
+    try:
+        deadline = time.monotonic() + 20
+        while duplicate.running and time.monotonic() < deadline:  # noqa: ASYNC110 (a process)
+            await asyncio.sleep(0.2)
+        assert not duplicate.running, "the duplicate never gave up"
+        log = duplicate.log_path.read_text()
+        assert "node id 'node1' is held by another live process" in log, log[-2000:]
+    finally:
+        duplicate.stop()

@@ -186,3 +186,42 @@ async def test_a_fill_from_before_a_handoff_answers_no_reader_after_the_key_came
     entry, _ = await node.get("k")
     assert entry.version == newer.version, "the old fill cached v1 after the key came back"
     await store.close()
+
+
+class HeldWrites(HeldReads):
+    """A real store whose next write, once armed, is held after it reached the replicas."""
+
+    def __init__(self, store: QuorumStore) -> None:
+        super().__init__(store)
+        self.write_gate: asyncio.Event | None = None
+        self.writing = asyncio.Event()
+
+    async def write_many(self, items):
+        result = await self.store.write_many(items)
+        if self.write_gate is not None:
+            gate, self.write_gate = self.write_gate, None
+            self.writing.set()
+            await gate.wait()
+        return result
+
+
+async def test_a_fill_that_runs_inside_a_write_inserts_nothing(redis_servers) -> None:
+    """A fill that begins after a write started and completes before it ended may answer
+    its reader (they are concurrent), but must not put what it read in the cache: only
+    the write decides what the cache holds once it ends."""
+    servers = redis_servers(3)
+    store = QuorumStore([Replica(s.endpoint, timeout=2) for s in servers], timeout=2)
+    held = HeldWrites(store)
+    node = Node("solo", AlwaysOwner(), held, LocalCache(10, 10_000), stale_check_every=0)
+    await node.put("k", b"1")
+    node.flush()
+    gate = held.write_gate = asyncio.Event()
+    write = asyncio.create_task(node.put("k", b"2"))
+    await held.writing.wait()  # the write is in the store, not yet acknowledged
+    await node.get("k")  # a whole fill inside the write
+    assert node.cache.get("k") is None, "a fill inside a write cached what it read"
+    gate.set()
+    version = await write
+    entry, hit = await node.get("k")
+    assert (entry.version, hit) == (version, True)
+    await store.close()

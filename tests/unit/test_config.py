@@ -65,3 +65,14 @@ def test_a_missing_file_is_reported(tmp_path: Path) -> None:
 def test_numbers_from_the_environment_must_parse() -> None:
     with pytest.raises(ConfigError, match=r"store.timeout: must be a number, not 'soon'"):
         load(environ={"CACHEGRID_STORE_TIMEOUT": "soon"})
+
+
+def test_the_default_node_id_never_collides_across_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On loopback (one host) the port suffices; elsewhere the host name is part of it, so
+    two hosts with the same config and port do not share an id (issue 10)."""
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "metadata-7")
+    assert load(overrides={"node.listen": "127.0.0.1:8000"}).node.node_id == "node-8000"
+    assert load(overrides={"node.listen": "0.0.0.0:8000"}).node.node_id == "metadata-7-8000"
+    assert load(overrides={"node.listen": "0.0.0.0:8000", "node.id": "a"}).node.node_id == "a"
