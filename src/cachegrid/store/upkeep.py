@@ -10,7 +10,9 @@ Invariants:
   all the sources and the replica, and the newest copy written to the replica; and only
   if the sources answered throughout (a failure aborts the repair; it is tried again).
 - In ``REPAIR`` mode the sources are the trusted replicas, at least a majority; in
-  ``RECONCILE`` mode every reachable replica, at least a majority.
+  ``RECONCILE`` mode every reachable replica, at least a majority, including every trusted
+  replica. A target is certified only if every source answered throughout (the target
+  never counts as its own source).
 - A backlog is bounded; one that overflows turns into a full scan of that replica.
 - Copying the newest record never moves a replica backwards (set-if-newer), so repairs
   running at once, on several nodes, are safe; a lock on the replica only saves work.
@@ -187,13 +189,20 @@ class Upkeep:
         _failed(task)  # retrieved: an unreachable replica is expected here
 
     async def _recover(self, mode: Mode, targets: list[Replica], reachable: list[Replica]) -> None:
-        """Bring ``targets`` up to date with their sources, then vouch for them."""
-        # REPAIR reads from the trusted replicas, RECONCILE from every reachable one; either
-        # way a majority must answer, or the round waits for more to answer again.
-        trusted = [r for r in reachable if r.trust is Trust.TRUSTED]
-        sources = trusted if mode is Mode.REPAIR else reachable
+        """Bring ``targets`` up to date with their sources, then vouch for them.
+
+        REPAIR reads from the trusted replicas, a majority of them. RECONCILE reads from
+        every reachable replica, a majority, and only once every trusted replica is among
+        them: a trusted replica that is merely unreachable (paused, cut off) may hold the
+        only copy of acknowledged writes, so reconciling without it would lose them.
+        """
+        trusted = [r for r in self.replicas if r.trust is Trust.TRUSTED]
+        if mode is Mode.REPAIR:
+            sources = [r for r in trusted if r in reachable]
+        else:
+            sources = reachable if all(r in reachable for r in trusted) else []
         if len(sources) < self.majority or not targets:
-            return
+            return  # wait for more replicas to answer
         token = os.urandom(8).hex().encode()
         locked = [t for t in targets if await _try(t.lock_repair(token, LOCK_SECONDS))]
         if not locked:
@@ -217,13 +226,19 @@ class Upkeep:
         for replica in list(everyone):
             if replica in everyone:
                 await self._copy_all_keys_of(replica, everyone, targets)
+        # Those that answered throughout: ``_copy_all_keys_of`` drops any that failed.
+        held = all(source in everyone for source in sources)
         for target in targets:
-            await self._certify(target, run_ids[target], everyone)
+            await self._certify(target, run_ids[target], held and target in everyone)
 
-    async def _certify(self, target: Replica, run_id: bytes, answered: list[Replica]) -> None:
-        """Vouch for ``target`` if it and a majority answered throughout the repair."""
-        if target not in answered or len(answered) < self.majority:
-            self._finish(target, "failed", "too few replicas answered throughout")
+    async def _certify(self, target: Replica, run_id: bytes, answered: bool) -> None:
+        """Vouch for ``target`` if it and every one of its sources answered throughout.
+
+        Not "a majority of those involved": the target itself must not count, or a target
+        and one lagging source would certify each other (found by the proof, session 3).
+        """
+        if not answered:
+            self._finish(target, "failed", "a source or the replica failed during the repair")
             return
         try:
             certified = await target.certify(run_id)
