@@ -76,6 +76,23 @@ BAD = {
         [w(0, 1, "a", "1.1"), r(2, 3, "a", "1.7")], "a"),
     "create that succeeded over an existing value": (
         [w(0, 1, "a", "1.1"), op(CREATE, 2, 3, OK, "b", "1.2")], "b"),
+    # Version order is a property of the whole order, not of neighbours: an unknown write
+    # (version never revealed) placed in between must not switch the rule off.
+    "versions falling behind an unknown write in between": (
+        [w(0, 1, "a", "2.1"), w(2, math.inf, "x", None, UNKNOWN), w(4, 5, "b", "1.9")], "b"),
+    "versions falling behind two writes back": (
+        [w(0, 1, "a", "2.1"), w(2, 3, "x", None, UNKNOWN), op(DELETE, 2.5, 3.5, OK, None, None),
+         w(4, 5, "b", "1.9")], "b"),
+    "a stale read inside the window, unknown writes in flight": (
+        [w(0, 1, "a", "1.1"), w(2, 3, "b", "1.2"), w(2.5, math.inf, "c", None, UNKNOWN),
+         w(2.6, math.inf, "d", None, UNKNOWN), r(4, 5, "a", "1.1")], "a"),
+    "a spurious 412: If-Match of the current version refused": (
+        [w(0, 1, "a", "1.1"), op(CAS, 2, 3, MISMATCH, "b", None, "1.1")], "b"),
+    "a spurious 404: a delete of an existing key finds nothing": (
+        [w(0, 1, "a", "1.1"), op(DELETE, 2, 3, ABSENT, None, None, None), r(4, 5, "a", "1.1")],
+        None),
+    "If-None-Match refused on an absent key": (
+        [op(CREATE, 0, 1, MISMATCH, "a"), r(2, 3)], "a"),
 }  # fmt: skip
 
 

@@ -9,7 +9,9 @@ The sequential specification, with the state = the last write that took effect (
 - ``write`` always applies; ``cas`` (If-Match v) applies iff a value exists with version v,
   else ``mismatch``; ``create`` (If-None-Match *) iff none exists; ``delete`` iff one exists,
   else ``absent``; ``failed`` ops have no effect and are left out;
-- versions rise: a write acknowledged with version v comes after any state of lower version.
+- versions rise along the whole order: a write whose version is known (acknowledged, or
+  revealed by a read) exceeds every known version of the writes ordered before it, however
+  many writes of unknown version stand in between.
 An ``unknown`` write may take effect at any instant after its invocation, or never.
 
 Histories are checked per key (linearizability is compositional). The search memoizes
@@ -37,10 +39,13 @@ from cachegrid.proof.history import (
     WRITE,
     Op,
 )
-from cachegrid.version import Version
+from cachegrid.version import ZERO, Version
 
-# A state is the id of the op whose effect is current (a write, or a delete), or -1.
+# A state is (the id of the op whose effect is current — a write, or a delete — or -1,
+# the highest known version among the writes linearized so far).
 NONE = -1
+State = tuple[int, Version]
+START: State = (NONE, ZERO)
 
 
 @dataclass
@@ -116,55 +121,55 @@ class _Model:
         self.index = {op.id: op for op in ops}
         self.known_versions = set(self.version_of.values())
 
-    def present(self, state: int) -> bool:
-        return state != NONE and self.index[state].kind != DELETE
+    def present(self, state: State) -> bool:
+        current = state[0]
+        return current != NONE and self.index[current].kind != DELETE
 
-    def step(self, state: int, op: Op) -> int | None:
+    def step(self, state: State, op: Op) -> State | None:
         """The state after ``op`` taken in ``state``; None if the spec forbids it."""
         present = self.present(state)
         if op.kind == READ:
             if op.outcome == ABSENT:
                 return state if not present else None
-            return state if present and self._shows(state, op) else None
+            return state if present and self._shows(state[0], op) else None
         if op.outcome == MISMATCH:
-            return state if self._may_fail(state, op, present) else None
+            return state if self._may_fail(state[0], op, present) else None
         if op.outcome == ABSENT:  # a delete that found nothing
             return state if not present else None
-        if not self._condition(state, op, present) or not self._rises(state, op):
+        if not self._condition(state[0], op, present):
             return None
-        return op.id
+        version = self.version_of.get(op.id)
+        if version is None:
+            return (op.id, state[1])
+        return (op.id, version) if version > state[1] else None
 
-    def _may_fail(self, state: int, op: Op, present: bool) -> bool:
-        """Can ``op``'s precondition be false in ``state``?"""
-        if op.expected is not None and present and self.version_of.get(state) is None:
+    def _may_fail(self, current: int, op: Op, present: bool) -> bool:
+        """Can ``op``'s precondition be false in state ``current``?"""
+        if op.expected is not None and present and self.version_of.get(current) is None:
             return True  # an unrevealed version may differ from the expected one
-        return not self._condition(state, op, present)
+        return not self._condition(current, op, present)
 
-    def _shows(self, state: int, read: Op) -> bool:
+    def _shows(self, current: int, read: Op) -> bool:
         """Does ``read`` show exactly the state: its value, and its version if known?"""
-        if _key(self.index[state].value) != _key(read.value):
+        if _key(self.index[current].value) != _key(read.value):
             return False
-        known = self.version_of.get(state)
+        known = self.version_of.get(current)
         return read.version is None or known is None or Version.parse(read.version) == known
 
-    def _condition(self, state: int, op: Op, present: bool) -> bool:
+    def _condition(self, current: int, op: Op, present: bool) -> bool:
         if op.kind == CREATE:
             return not present
         if op.expected is not None:  # If-Match: a CAS, or a conditional delete
-            return present and self._may_have_version(state, Version.parse(op.expected))
+            return present and self._may_have_version(current, Version.parse(op.expected))
         if op.kind in (CAS, DELETE):
             return present
         return True
 
-    def _may_have_version(self, state: int, version: Version) -> bool:
-        """Can the write ``state`` carry ``version``? If its version was never revealed (an
-        unknown write nobody read), any version that is not another write's."""
-        known = self.version_of.get(state)
+    def _may_have_version(self, current: int, version: Version) -> bool:
+        """Can the write ``current`` carry ``version``? If its version was never revealed
+        (an unknown write nobody read), any version that is not another write's."""
+        known = self.version_of.get(current)
         return known == version if known is not None else version not in self.known_versions
-
-    def _rises(self, state: int, op: Op) -> bool:
-        new, old = self.version_of.get(op.id), self.version_of.get(state)
-        return new is None or old is None or new > old
 
 
 class _Entry:
@@ -206,9 +211,9 @@ class _Search:
 
     def run(self) -> Violation | None:
         remaining = sum(op.definite for op in self.ops)
-        state, linearized = NONE, 0
-        seen: set[tuple[int, int]] = set()
-        stack: list[tuple[_Entry, int]] = []
+        state, linearized = START, 0
+        seen: set[tuple[int, State]] = set()
+        stack: list[tuple[_Entry, State]] = []
         deepest, stuck = 0, self.head.next
         entry = self.head.next
         while remaining:
