@@ -119,6 +119,7 @@ async def test_a_client_that_does_not_read_cannot_make_the_node_buffer(http, clu
     async with http.put(f"{url}/v1/kv/{key}", json={"value": "x" * (60 << 10)}) as response:
         assert response.status == 200
     before = resident_bytes(pid)
+    hits_before = await hits(http, url)
     parts = urlsplit(url)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -133,7 +134,22 @@ async def test_a_client_that_does_not_read_cannot_make_the_node_buffer(http, clu
         for _ in range(20):  # the node answers what it can in well under 2 s
             await asyncio.sleep(0.1)
             grown = max(grown, resident_bytes(pid) - before)
+        # The load really arrived: the sender did not fail, and the node answered (into
+        # buffers nobody reads) more 60 KiB answers than fit in the client's socket.
+        if sending.done():
+            sending.result()
+        answered = await hits(http, url) - hits_before
+        assert answered >= 5, f"only {answered} pipelined GETs were answered: no load"
         assert grown < 40 << 20, f"the node buffered {grown >> 20} MiB for one idle reader"
     finally:
         sending.cancel()
         sock.close()
+
+
+async def hits(http, url: str) -> int:
+    """The node's count of cache hits, from its metrics."""
+    async with http.get(f"{url}/metrics") as response:
+        page = await response.text()
+    line = next(line for line in page.splitlines()
+                if line.startswith('cachegrid_cache_lookups_total{result="hit"}'))  # fmt: skip
+    return int(float(line.split()[-1]))
