@@ -111,6 +111,7 @@ class ScenarioResult:
     longest_gap: float  # longest time with no successful op, in seconds
     violations: list[str]
     shared_batches: dict[str, int]  # calls with more than one key, by kind (batching.py)
+    fills: int = 0  # store reads made to fill caches (after single-flight), surviving nodes
 
     def row(self) -> str:
         ok = self.outcomes.get("ok", 0)
@@ -118,7 +119,8 @@ class ScenarioResult:
         unknown = self.outcomes.get("unknown", 0)
         cells = [self.name, self.ops, ok, failed, unknown, f"{self.availability:.1%}",
                  len(self.violations), f"{self.longest_gap:.2f} s",
-                 ", ".join(f"{c} {n}" for c, n in sorted(self.shared_batches.items()))]  # fmt: skip
+                 ", ".join(f"{c} {n}" for c, n in sorted(self.shared_batches.items())),
+                 self.fills]  # fmt: skip
         return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
 
@@ -157,8 +159,21 @@ async def run_scenario(
     return ScenarioResult(
         name, len(recorder.history), outcomes,
         len(definite) / max(len(recorder.history), 1), max(gaps, default=0.0), violations,
-        await shared_batches(final_urls or urls),
+        await shared_batches(final_urls or urls), await metric_sum(final_urls or urls,
+                                                                    "cachegrid_fills_total"),
     )  # fmt: skip
+
+
+async def metric_sum(urls: list[str], name: str) -> int:
+    """The sum over these nodes of an unlabelled counter from their metrics."""
+    total = 0.0
+    async with aiohttp.ClientSession() as http:
+        for url in urls:
+            async with http.get(f"{url}/metrics") as response:
+                page = await response.text()
+            total += sum(float(line.split()[-1]) for line in page.splitlines()
+                         if line.startswith(f"{name} "))  # fmt: skip
+    return int(total)
 
 
 async def shared_batches(urls: list[str]) -> dict[str, int]:

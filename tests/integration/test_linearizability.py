@@ -32,9 +32,14 @@ def report(result: ScenarioResult) -> None:
     assert result.outcomes.get("ok", 0) > 100, result.outcomes
     for kind in ("store_write", "forward_get"):
         assert result.shared_batches.get(kind, 0) > 0, f"{kind}: no batch of 2+ keys was checked"
+    # The store's read path ran inside the checked history, not only cache hits.
+    assert result.fills >= 500, f"only {result.fills} fills: the store's read path went unchecked"
 
 
 async def start(fresh_cluster, **options):
+    """A cluster whose caches hold one entry: each node owns about two of the 6 keys, so
+    reads keep evicting each other and every scenario drives the store's read path (fills)."""
+    options.setdefault("node_config", "cache_max_entries = 1\n")
     return await asyncio.to_thread(fresh_cluster, **options)
 
 
