@@ -1,7 +1,9 @@
 """The node's read/write interleavings against a real store (no HTTP, no etcd).
 
-Ownership is a stand-in for coordination that always grants it: these tests are about the
-node's own bookkeeping (fills, writes, the cache), not about handoff.
+Ownership is a stand-in for coordination (it always grants it, or the test moves it away and
+back as two ring changes would): these tests are about the node's own bookkeeping (fills,
+writes, the cache). Races are made deterministic by gates in a store wrapper around a real
+store: a held read or write waits until the test releases it.
 """
 
 import asyncio
