@@ -1,9 +1,10 @@
 """A cache node's coordination alone, as a process, for fault tests of invariant S1.
 
-Runs a Coordinator and logs its serving state as JSON lines, on every change and every
+Runs a Coordinator and logs its serving decision as JSON lines, on every change and every
 20 ms: {"t": monotonic time, "deadline": local lease deadline, "active": indices of the
-sample keys it is active owner of, "incarnation": ...}. CLOCK_MONOTONIC is shared by all
-processes on the machine, so the logs of several agents can be compared in time.
+sample keys for which ``Coordinator.can_serve`` is true, "incarnation": ...}.
+CLOCK_MONOTONIC is shared by all processes on the machine, so the logs of several agents
+can be compared in time.
 SIGTERM stops it gracefully.
 
     python -m tests.agents.coord_agent --etcd H:P[,H:P] --node-id n1 --log FILE
@@ -38,12 +39,12 @@ async def main(args: argparse.Namespace, log: BinaryIO) -> None:
     coordinator: Coordinator
 
     def record() -> None:
+        # The node's real decision (``can_serve``: lease, deadline, health, ownership), not
+        # a copy of it; the deadline only bounds how long that decision can last unseen
+        # (a paused agent logs nothing, and serves nothing past it either).
         session = coordinator.session
-        ownership = coordinator.ownership
-        active = [i for i, key in enumerate(keys) if ownership.is_active_owner(key)]
-        deadline = session.deadline if session is not None and not session.lost.is_set() else 0
-        if coordinator.failed is not None:
-            active = []
+        active = [i for i, key in enumerate(keys) if coordinator.can_serve(key)]
+        deadline = session.deadline if session is not None and coordinator.lease_alive() else 0
         entry = {"t": time.monotonic(), "deadline": deadline, "active": active,
                  "incarnation": coordinator.incarnation}  # fmt: skip
         log.write(orjson.dumps(entry) + b"\n")
