@@ -162,16 +162,18 @@ async def test_write_back_keeps_successive_reads_from_going_new_then_old(
 async def test_reads_are_never_new_then_old_under_concurrent_writes_and_a_crash(
     redis_servers, quorum_store
 ) -> None:
-    """Real-time order: a read that starts after another ended never returns an older version."""
+    """Real-time order: a read that starts after another read ended, or after a write was
+    acknowledged, never returns an older version than that one."""
     servers = redis_servers(3)
     store = await quorum_store([s.endpoint for s in servers], timeout=0.5)
     reads: list[tuple[float, float, Version]] = []
+    acked: list[tuple[float, Version]] = []  # (acknowledged at, version)
     await store.write("k", rec(0))
 
     async def writer() -> None:
         for seq in range(1, 150):
             with contextlib.suppress(StoreUnavailable, WriteIndeterminate):
-                await store.write("k", rec(seq))
+                acked.append((time.monotonic(), await store.write("k", rec(seq))))
             if seq == 60:
                 servers[2].kill()
 
@@ -183,10 +185,11 @@ async def test_reads_are_never_new_then_old_under_concurrent_writes_and_a_crash(
             reads.append((started, time.monotonic(), record.version))
 
     await asyncio.gather(writer(), *(reader() for _ in range(4)))
-    by_end = sorted(reads, key=lambda read: read[1])
+    assert len(acked) > 100, "too few writes were acknowledged to check anything"
+    ended = [(end, version) for _start, end, version in reads] + acked
     newest_ended: list[tuple[float, Version]] = []  # (end time, max version ended by then)
     best = Version(0, 0)
-    for _start, end, version in by_end:
+    for end, version in sorted(ended):
         best = max(best, version)
         newest_ended.append((end, best))
     for start, _end, version in reads:
