@@ -55,6 +55,49 @@ async def test_a_lease_that_expired_while_paused_is_lost_not_revived(etcd_server
     await etcd.close()
 
 
+class LateKeepAlives:
+    """The real etcd client, except that once armed, a keep-alive's reply (a success: etcd
+    renewed the lease) reaches the session only after the session's deadline passed — a
+    process paused between sending and reading, or a reply stuck in a slow network."""
+
+    def __init__(self, etcd: Etcd) -> None:
+        self.etcd = etcd
+        self.session: Session | None = None
+        self.armed = False
+
+    def __getattr__(self, name: str):
+        return getattr(self.etcd, name)
+
+    async def keep_alive(self, lease_id: int, per_try: float | None = None) -> int:
+        granted = await self.etcd.keep_alive(lease_id, per_try)
+        if self.armed and self.session is not None:
+            self.armed = False
+            await asyncio.sleep(max(self.session.slack(), 0) + 0.1)
+        return granted
+
+
+async def test_a_keep_alive_that_succeeds_after_the_deadline_does_not_revive_it(
+    etcd_servers,
+) -> None:
+    """The session's own keep-alive loop gets a successful renewal, but only after its
+    local deadline: others may already serve its keys, so the session is lost for good,
+    though etcd renewed the lease."""
+    (member,) = etcd_servers(1)
+    etcd = Etcd([member.endpoint])
+    late = LateKeepAlives(etcd)
+    session = Session(late, 2, margin=0.3)  # type: ignore[arg-type]  # a wrapper of Etcd
+    late.session = session
+    await session.start()
+    late.armed = True
+    await asyncio.wait_for(session.lost.wait(), 5)
+    assert not session.alive()
+    assert await etcd.keep_alive(session.lease_id) > 0  # etcd still has it: we refused it
+    await asyncio.sleep(1.0)
+    assert not session.alive(), "a later keep-alive revived a lost session"
+    await session.close()
+    await etcd.close()
+
+
 def test_the_margin_must_leave_room_for_keep_alives() -> None:
     with pytest.raises(ValueError, match="margin"):
         Session(None, 3, margin=1.0)  # type: ignore[arg-type]

@@ -90,7 +90,9 @@ class Session:
         retry = False
         while not self.lost.is_set():
             if not retry:
-                await asyncio.sleep(min(interval, max(self.slack(), 0.0)))
+                # Renew every TTL/3, and sooner when the slack is short (a slow renewal):
+                # sleeping until the deadline itself would give the lease up unasked.
+                await asyncio.sleep(min(interval, max(self.slack() / 2, 0.0)))
             if self._clock() >= self.deadline:
                 self._lose("the deadline passed without a successful keep-alive")
                 return
