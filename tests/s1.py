@@ -70,3 +70,17 @@ def covered(logs: dict[str, list[dict]], keys: int) -> bool:
         if records:
             active.update(records[-1]["active"])
     return len(active) == keys
+
+
+def first_covered(logs: dict[str, list[dict]], keys: int, after: float) -> float | None:
+    """The first time after ``after`` at which the records then current, one per node,
+    together serve every sample key (by the agents' own timestamps, not by when a test
+    happened to look); None if that never happened."""
+    current: dict[str, set[int]] = {}
+    timeline = sorted((record["t"], node, record) for node, records in logs.items()
+                      for record in records)  # fmt: skip
+    for t, node, record in timeline:
+        current[node] = set(record["active"]) if t < record["deadline"] else set()
+        if t > after and len(set().union(*current.values())) == keys:
+            return float(t)
+    return None

@@ -80,10 +80,10 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     host, _, port = settings.listen.rpartition(":")
     await forwarder.start()
     try:
-        # Judge the replicas (and reconcile a fresh store) before serving any read.
-        await store.start()
-        await web.TCPSite(runner, host, int(port), reuse_address=True).start()
-        await coordinator.start()
+        # Starting can wait long (for the replicas, for our node id to be free): a stop
+        # meanwhile ends it, rather than after the wait.
+        if not await _unless_stopped(_start(store, runner, host, int(port), coordinator), stop):
+            return
         node.start_detector()
         log.info("node %s serving on %s", settings.node_id, settings.listen)
         await _first_of(stop.wait(), coordinator.fatal.wait())
@@ -96,6 +96,32 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         await forwarder.close()
         await store.close()
         await etcd.close()
+
+
+async def _start(store: QuorumStore, runner: web.AppRunner, host: str, port: int,
+                 coordinator: Coordinator) -> None:  # fmt: skip
+    # Judge the replicas (and reconcile a fresh store) before serving any read.
+    await store.start()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    await coordinator.start()
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` unless ``stop`` is set first, which cancels it: whether it finished.
+    Its errors propagate."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        return False
+    task.result()
+    return True
 
 
 async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:

@@ -5,6 +5,7 @@ import random
 
 import orjson
 import pytest
+import redis
 
 from cachegrid.ring import Ring
 from cachegrid.store import QuorumStore, Record, Replica
@@ -157,12 +158,30 @@ async def test_bad_input_gets_a_json_error_and_changes_nothing(
 ) -> None:
     url = cluster.urls[0]
     await call(http, "PUT", f"{url}/v1/kv/a", json={"value": "before"})
+    _, _, before = await call(http, "GET", f"{url}/v1/kv/a")
+    stored = store_contents(cluster)
     got_status, got_headers, got = await call(http, method, f"{url}{path}", data=body,
                                               headers=headers)  # fmt: skip
     assert (got_status, got["error"]["code"]) == (status, code), got
     assert got_headers["Content-Type"].startswith("application/json")
     _, _, after = await call(http, "GET", f"{url}/v1/kv/a")
-    assert after["value"] == "before"
+    assert after == before  # same value, same version: nothing was written
+    # Nothing reached any replica either, for any key (a read that filled, wrote back or
+    # repaired something for a key it should have refused would show here).
+    assert store_contents(cluster) == stored
+
+
+def store_contents(cluster) -> list[dict[bytes, dict[bytes, bytes]]]:
+    """Every record of every replica (not the store's own metadata)."""
+    contents = []
+    for server in cluster.redis:
+        replica = redis.Redis(port=server.port)
+        try:
+            contents.append({key: replica.hgetall(key) for key in replica.scan_iter()
+                             if not key.startswith(b"cg-meta:")})  # fmt: skip
+        finally:
+            replica.close()
+    return contents
 
 
 async def test_a_body_over_the_limit_is_refused_before_it_is_read(http, cluster) -> None:
@@ -251,7 +270,9 @@ async def test_forwarded_gets_share_batches_and_answer_as_the_owner_would(http, 
     before = await batches()
     forwarded = await asyncio.gather(*(call(http, "GET", f"{via}/v1/kv/{k}") for k in keys))
     sent = await batches() - before
-    assert 1 <= sent < len(keys) / 2, f"{sent} batches for {len(keys)} forwarded GETs"
+    # Forwards that meet in one loop turn share a batch; how many meet depends on how the
+    # requests arrive, so only sharing itself is required (a busy machine spreads them).
+    assert 1 <= sent < len(keys), f"{sent} batches for {len(keys)} forwarded GETs"
     for key, (status, headers, body) in zip(keys, forwarded, strict=True):
         direct_status, direct_headers, direct_body = await call(
             http, "GET", f"{owner_url}/v1/kv/{key}"

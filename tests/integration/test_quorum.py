@@ -104,7 +104,8 @@ async def test_acknowledged_writes_survive_any_minority_fault(
 async def test_a_paused_replica_never_delays_an_answer_to_its_deadline(
     redis_servers, quorum_store
 ) -> None:
-    """With one of three paused, every operation finishes well before the deadline."""
+    """With one of three paused, every operation finishes before the deadline: none waits
+    for the paused replica."""
     servers = redis_servers(3)
     timeout = 2.0
     store = await quorum_store([s.endpoint for s in servers], timeout=timeout)
@@ -115,7 +116,9 @@ async def test_a_paused_replica_never_delays_an_answer_to_its_deadline(
         await store.write("k", rec(i + 1))
         assert await store.read("k") == rec(i + 1)
         slowest = max(slowest, time.monotonic() - started)
-    assert slowest < timeout / 2, f"an operation waited {slowest:.2f}s on the paused replica"
+    # Waiting for the paused replica would take the whole timeout; a busy machine may add
+    # hundreds of milliseconds to an answer, never the timeout.
+    assert slowest < timeout - 0.5, f"an operation waited {slowest:.2f}s on the paused replica"
     servers[1].resume()
 
 

@@ -34,6 +34,7 @@ class Op:
     version: str | None = None  # returned by an OK op; for CAS, in ``expected``
     expected: str | None = None  # the If-Match version of a CAS
     note: str = ""  # why the outcome is what it is, when not plain (an error, a status)
+    url: str = ""  # the node the op was sent to
 
     @property
     def definite(self) -> bool:

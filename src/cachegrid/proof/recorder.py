@@ -133,7 +133,7 @@ class Recorder:
         expected = headers.get("If-Match", "").strip('"') or None
         op = Op(op_id, client, key, kind, invoked, completed, outcome,
                 read_value if kind == READ else (value if kind != DELETE else None),
-                version, expected, note)  # fmt: skip
+                version, expected, note, url)  # fmt: skip
         self.history.append(op)
         return op
 
