@@ -23,6 +23,7 @@ test-fast: sysdeps venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: sysdeps venv
 	$(PY) bench/harness.py --seconds 5

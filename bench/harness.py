@@ -31,9 +31,9 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
-from cachegrid.cluster import LocalCluster
+from cachegrid.devcluster.cluster import LocalCluster
+from cachegrid.devcluster.servers import PortAllocator, bindable
 from cachegrid.ring import Ring
-from cachegrid.servers import PortAllocator, bindable
 from cachegrid.store import QuorumStore, Record, Replica
 from cachegrid.version import Version
 from store_bench import measure, pct

@@ -13,7 +13,7 @@ import argparse
 import tracemalloc
 
 from cachegrid.localcache import LocalCache
-from cachegrid.node import make_entry
+from cachegrid.serving.entry import make_entry
 from cachegrid.store import Record
 from cachegrid.version import Version
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from cachegrid.servers import PortAllocator, RedisServer, start_all
+from cachegrid.devcluster.servers import PortAllocator, RedisServer, start_all
 from cachegrid.store import QuorumStore, Record, Replica
 from cachegrid.version import Version
 

@@ -1,7 +1,7 @@
 """Fixtures that run real redis-server and etcd processes on free loopback ports.
 
 Every process started here is stopped at teardown, also when the test fails; and each
-dies with the test process if that is killed (see cachegrid.servers).
+dies with the test process if that is killed (see cachegrid.devcluster.servers).
 """
 
 from __future__ import annotations
@@ -14,19 +14,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cachegrid.servers import (
-    EtcdServer,
-    NodeProcess,
-    PortAllocator,
-    RedisServer,
-    etcd_cluster,
-    start_all,
-)
+from cachegrid.devcluster.cluster import LocalCluster
+from cachegrid.devcluster.servers import PortAllocator, start_all
 from cachegrid.store import QuorumStore, Replica
 from tests.integration.netns import Netns
+from tests.processes import FaultyEtcd, FaultyNode, FaultyRedis, etcd_cluster
 
-RedisFactory = Callable[..., list[RedisServer]]
-EtcdFactory = Callable[[int], list[EtcdServer]]
+RedisFactory = Callable[..., list[FaultyRedis]]
+EtcdFactory = Callable[[int], list[FaultyEtcd]]
 
 
 @pytest.fixture(scope="session")
@@ -37,13 +32,13 @@ def ports() -> PortAllocator:
 @pytest.fixture
 def redis_servers(
     tmp_path: Path, ports: PortAllocator
-) -> Iterator[Callable[..., list[RedisServer]]]:
+) -> Iterator[Callable[..., list[FaultyRedis]]]:
     """Factory: ``redis_servers(n, appendfsync=...)`` -> n running redis-servers."""
-    started: list[RedisServer] = []
+    started: list[FaultyRedis] = []
 
-    def make(count: int, appendfsync: str = "everysec") -> list[RedisServer]:
+    def make(count: int, appendfsync: str = "everysec") -> list[FaultyRedis]:
         servers = [
-            RedisServer(tmp_path / f"redis{len(started) + i}", ports.take(), appendfsync)
+            FaultyRedis(tmp_path / f"redis{len(started) + i}", ports.take(), appendfsync)
             for i in range(count)
         ]
         started.extend(servers)
@@ -78,11 +73,11 @@ async def quorum_store() -> AsyncIterator[Callable[..., QuorumStore]]:
 @pytest.fixture
 def etcd_servers(
     tmp_path: Path, ports: PortAllocator
-) -> Iterator[Callable[[int], list[EtcdServer]]]:
+) -> Iterator[Callable[[int], list[FaultyEtcd]]]:
     """Factory: ``etcd_servers(size)`` -> a running etcd cluster of ``size`` members."""
-    started: list[EtcdServer] = []
+    started: list[FaultyEtcd] = []
 
-    def make(size: int = 1) -> list[EtcdServer]:
+    def make(size: int = 1) -> list[FaultyEtcd]:
         members = etcd_cluster(tmp_path / f"etcd-cluster{len(started)}", ports, size)
         started.extend(members)
         start_all(list(members))
@@ -96,13 +91,11 @@ def etcd_servers(
 
 
 @dataclass
-class Cluster:
-    """etcd, Redis replicas and cache nodes, each a real process on loopback."""
+class Cluster(LocalCluster):
+    """``cachegrid up``'s cluster, on ports from the test's allocator, with what tests add:
+    per-node configs (relays in front of a service), node 0 in a network namespace."""
 
-    etcd: list[EtcdServer]
-    redis: list[RedisServer]
-    nodes: list[NodeProcess]
-    config: Path
+    config: Path = Path()
     admin_token: str = "test-admin-token"
     netns: Netns | None = None  # node 0's network namespace, if it has one
 
@@ -111,8 +104,7 @@ class Cluster:
         return [node.url for node in self.nodes]
 
     def stop(self) -> None:
-        for process in [*self.nodes, *self.redis, *self.etcd]:
-            process.stop()
+        super().stop()
         if self.netns is not None:
             self.netns.destroy()
 
@@ -139,11 +131,11 @@ def start_cluster(
     also = (netns.outer,) if netns else ()
     etcd = etcd_cluster(base / "etcd", ports, 1, etcd_args)
     etcd[0].also_listen = also
-    redis = [RedisServer(base / f"redis{i}", ports.take(), also_bind=also)
+    redis = [FaultyRedis(base / f"redis{i}", ports.take(), also_bind=also)
              for i in range(replicas)]  # fmt: skip
     base.mkdir(parents=True, exist_ok=True)
     config = base / "cachegrid.toml"
-    cluster = Cluster(etcd, redis, [], config, netns=netns)
+    cluster = Cluster(base, etcd, redis, [], config=config, netns=netns)
     if netns is not None:
         try:
             netns.create()
@@ -152,13 +144,11 @@ def start_cluster(
             raise
         via = _through_netns(netns.outer, via)
 
-    replica_list = ", ".join(f'"{r.endpoint}"' for r in redis)
     config.write_text(
-        f'[etcd]\nendpoints = ["{etcd[0].endpoint}"]\n\n'
-        f"[store]\nreplicas = [{replica_list}]\n"
-        "timeout = 0.5\nmax_value_bytes = 65536\n\n"
-        f'[node]\nlease_ttl = 2\nlease_margin = 0.3\nadmin_token = "{cluster.admin_token}"\n'
-        + node_config
+        cluster.config_toml(
+            store="timeout = 0.5\nmax_value_bytes = 65536\n",
+            node="lease_ttl = 2\nlease_margin = 0.3\n" + node_config,
+        )
     )
     configs = [config] * nodes
     if via is not None:
@@ -171,21 +161,16 @@ def start_cluster(
             configs[index] = base / f"node{index}.toml"
             configs[index].write_text(text)
 
-    def node(i: int) -> NodeProcess:
+    def node(i: int) -> FaultyNode:
         if netns is None:
-            return NodeProcess(base / f"node{i}", f"node{i}", ports.take(), configs[i])
+            return FaultyNode(base / f"node{i}", f"node{i}", ports.take(), configs[i])
         # The others listen where node 0 can forward to them: the host side of its link.
         host, wrapper = (netns.inner, netns.wrapper) if i == 0 else (netns.outer, ())
-        return NodeProcess(base / f"node{i}", f"node{i}", ports.take(), configs[i],
+        return FaultyNode(base / f"node{i}", f"node{i}", ports.take(), configs[i],
                            host=host, wrapper=wrapper)  # fmt: skip
 
     cluster.nodes = [node(i) for i in range(nodes)]
-    try:
-        start_all([*etcd, *redis])
-        start_all(list(cluster.nodes), timeout=60)
-    except BaseException:
-        cluster.stop()
-        raise
+    cluster.start_processes()
     return cluster
 
 

@@ -1,9 +1,23 @@
 """cachegrid: a write-through, linearizable cache over a quorum-replicated store.
 
-See docs/architecture.md for the architecture and the safety argument.
+See docs/architecture.md for the layers and the safety argument. ``import cachegrid`` is
+cheap: the client (and aiohttp with it) loads on first use of ``cachegrid.Client``.
 """
 
-from cachegrid.client import Client, Item
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cachegrid.client import Client, Item
 
 __all__ = ["Client", "Item"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from cachegrid import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'cachegrid' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m cachegrid``: the same as the ``cachegrid`` command."""
 
-from cachegrid.cli import main
+from cachegrid.cli.main import main
 
 main()

@@ -17,17 +17,20 @@ from typing import Any
 
 from aiohttp import web
 
-from cachegrid.admin import Admin
 from cachegrid.config import Config
+from cachegrid.coord.commands import Admin, Executor
 from cachegrid.coord.coordinator import Coordinator, CoordSettings
 from cachegrid.coord.etcd import Etcd
-from cachegrid.forward import Forwarder
 from cachegrid.http.admin import AdminApi
-from cachegrid.http.server import ENVELOPE_BYTES, Api, add_not_found
+from cachegrid.http.api import ENVELOPE_BYTES, Api
+from cachegrid.http.framework import add_not_found
+from cachegrid.http.peers import Forwarder
+from cachegrid.lifecycle import uncancellable, unless_stopped
 from cachegrid.localcache import LocalCache
 from cachegrid.metrics import Metrics
-from cachegrid.node import Node
-from cachegrid.store import QuorumStore, open_store
+from cachegrid.serving.owner import Node
+from cachegrid.serving.routing import Router
+from cachegrid.store.quorum import QuorumStore, open_store
 from cachegrid.store.trust import Trust
 
 log = logging.getLogger(__name__)
@@ -40,20 +43,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     store = open_store(config.store)
     forwarder = Forwarder(timeout=settings.forward_timeout)
     metrics = Metrics()
-    node: Node | None = None
-    admin_api: AdminApi | None = None
-
-    async def release(drop_all: bool) -> None:
-        if node is not None:
-            await node.release(drop_all)
-
-    async def apply_command(command: dict[str, Any]) -> dict[str, Any]:
-        assert admin_api is not None
-        return await admin_api.apply_command(command)
-
-    coordinator = Coordinator(
-        etcd, coord_settings(config), on_release=release, on_admin=apply_command
-    )
+    coordinator = Coordinator(etcd, coord_settings(config))
     node = Node(
         settings.node_id,
         coordinator,
@@ -64,10 +54,11 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         stale_check_every=settings.stale_check_every,
         stale_checks_per_second=settings.stale_checks_per_second,
     )
+    coordinator.attach(on_release=node.release, on_admin=Executor(node).apply)
     admin_api = AdminApi(node, coordinator, Admin(etcd, config.etcd.prefix), store, forwarder,
                          settings.admin_token)  # fmt: skip
     app = web.Application(client_max_size=config.store.max_value_bytes + ENVELOPE_BYTES)
-    Api(node, coordinator, forwarder, max_key_bytes=config.store.max_key_bytes,
+    Api(node, coordinator, Router(node, forwarder), max_key_bytes=config.store.max_key_bytes,
         max_value_bytes=config.store.max_value_bytes,
         max_batch=settings.max_batch_keys,
         max_in_flight=settings.max_in_flight_requests).add_routes(app)  # fmt: skip
@@ -82,20 +73,28 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     try:
         # Starting can wait long (for the replicas, for our node id to be free): a stop
         # meanwhile ends it, rather than after the wait.
-        if not await _unless_stopped(_start(store, runner, host, int(port), coordinator), stop):
+        if not await unless_stopped(_start(store, runner, host, int(port), coordinator), stop):
             return
-        node.start_detector()
+        node.detector.start()
         log.info("node %s serving on %s", settings.node_id, settings.listen)
         await _first_of(stop.wait(), coordinator.fatal.wait())
         if coordinator.fatal.is_set() and coordinator.failed is not None:
             raise coordinator.failed
     finally:
-        await coordinator.stop()
-        await node.stop_detector()
-        await runner.cleanup()
-        await forwarder.close()
-        await store.close()
-        await etcd.close()
+        # Shielded: a node cancelled while stopping still revokes its lease (others take
+        # over at once) and closes its connections.
+        await uncancellable(_shutdown(coordinator, node, runner, forwarder, store, etcd))
+
+
+async def _shutdown(coordinator: Coordinator, node: Node, runner: web.AppRunner,
+                    forwarder: Forwarder, store: QuorumStore, etcd: Etcd) -> None:  # fmt: skip
+    """In the order of the module's docstring."""
+    await coordinator.stop()
+    await node.detector.stop()
+    await runner.cleanup()
+    await forwarder.close()
+    await store.close()
+    await etcd.close()
 
 
 async def _start(store: QuorumStore, runner: web.AppRunner, host: str, port: int,
@@ -104,24 +103,6 @@ async def _start(store: QuorumStore, runner: web.AppRunner, host: str, port: int
     await store.start()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
     await coordinator.start()
-
-
-async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
-    """Run ``work`` unless ``stop`` is set first, which cancels it: whether it finished.
-    Its errors propagate."""
-    task = asyncio.ensure_future(work)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        return False
-    task.result()
-    return True
 
 
 async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:

@@ -165,10 +165,10 @@ class Client:
                 if epoch := response.headers.get("X-Cachegrid-Epoch"):
                     self._stale(int(epoch))
                 status = response.status
-        except aiohttp.ClientConnectorError as error:
-            self.ring = None  # the owner may be gone: ask again
-            raise _Retry(errors.Unavailable(f"{url}: cannot connect")) from error
         except (aiohttp.ClientError, TimeoutError) as error:
+            if not httpclient.may_have_been_sent(error):
+                self.ring = None  # the owner may be gone: ask again
+                raise _Retry(errors.Unavailable(f"{url}: cannot connect")) from error
             if writing:
                 raise errors.Indeterminate(
                     f"{method} {key}: no answer ({type(error).__name__}); "
@@ -178,10 +178,10 @@ class Client:
         if status == 200:
             document: dict[str, Any] = orjson.loads(body)
             return document
-        error = _error(status, body)
+        failure = _error(status, body)
         if status == 503:
-            raise _Retry(error)
-        raise error
+            raise _Retry(failure)
+        raise failure
 
     async def _batch(self, base: str, keys: list[str]) -> dict[str, Item | None]:
         async with self._http().post(f"{base}/v1/kv:batchGet", data=orjson.dumps({"keys": keys}),

@@ -52,79 +52,91 @@ class Distribution:
         self.total += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        cumulative, result = 0, []
+        cumulative, result = 0, list[tuple[str, float]]()
         for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
             cumulative += count
             result.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         return result
 
 
-class Family:
-    """A metric with labels; ``labels(...)`` returns its series (create once, keep it)."""
+class Counters:
+    """A counter with labels; ``labels(...)`` returns its series (create once, keep it)."""
 
-    def __init__(self, name: str, documentation: str, labels: tuple[str, ...] = (),
-                 buckets: tuple[float, ...] | None = None) -> None:  # fmt: skip
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> None:
         self.name, self.documentation, self.label_names = name, documentation, labels
-        self.bucket_bounds = buckets
-        self.series: dict[tuple[str, ...], Count | Distribution] = {}
+        self.series: dict[tuple[str, ...], Count] = {}
 
-    def labels(self, *values: str) -> Count | Distribution:
+    def labels(self, *values: str) -> Count:
         series = self.series.get(values)
         if series is None:
-            bounds = self.bucket_bounds
-            series = self.series[values] = Distribution(bounds) if bounds else Count()
+            series = self.series[values] = Count()
         return series
 
     def collect(self) -> Metric:
-        if self.bucket_bounds is not None:
-            family: Metric = HistogramMetricFamily(self.name, self.documentation,
-                                                   labels=self.label_names)  # fmt: skip
-            for values, series in self.series.items():
-                assert isinstance(series, Distribution)
-                family.add_metric(list(values), series.buckets(), series.total)  # type: ignore[attr-defined]
-            return family
         family = CounterMetricFamily(self.name, self.documentation, labels=self.label_names)
         for values, series in self.series.items():
-            family.add_metric(list(values), series.value)  # type: ignore[union-attr]
+            family.add_metric(list(values), series.value)
+        return family
+
+
+class Histograms:
+    """A histogram with labels and fixed buckets; ``labels(...)`` returns its series."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...],
+                 buckets: tuple[float, ...]) -> None:  # fmt: skip
+        self.name, self.documentation, self.label_names = name, documentation, labels
+        self.bucket_bounds = buckets
+        self.series: dict[tuple[str, ...], Distribution] = {}
+
+    def labels(self, *values: str) -> Distribution:
+        series = self.series.get(values)
+        if series is None:
+            series = self.series[values] = Distribution(self.bucket_bounds)
+        return series
+
+    def collect(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
+        for values, series in self.series.items():
+            family.add_metric(list(values), series.buckets(), series.total)
         return family
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._families: list[Family] = []
-        self.requests = self._family(
+        self._families: list[Counters | Histograms] = []
+        self.requests = self._histograms(
             "cachegrid_request_seconds", "HTTP request latency, by route and cache result.",
             ("route", "cache"), LATENCY_BUCKETS)  # fmt: skip
-        self.responses = self._family(
+        self.responses = self._counters(
             "cachegrid_responses", "HTTP responses by route and status.", ("route", "status")
         )
-        self.cache_results = self._family(
+        self.cache_results = self._counters(
             "cachegrid_cache_lookups", "Reads at the owner: hit or miss.", ("result",)
         )
-        self.fills = self._series(
+        self.fills = self._count(
             "cachegrid_fills", "Store reads made to fill the cache (after single-flight)."
         )
-        self.store_seconds = self._family(
+        self.store_seconds = self._histograms(
             "cachegrid_store_quorum_seconds", "Quorum store operation latency, by operation.",
             ("op",), LATENCY_BUCKETS)  # fmt: skip
-        self.batch_keys = self._family(
+        self.batch_keys = self._histograms(
             "cachegrid_batch_keys",
             "Keys per batched call: store reads (fills) and writes, GETs forwarded to an owner.",
             ("call",), BATCH_BUCKETS)  # fmt: skip
-        self.handoff_wait = self._series(
+        self.handoff_wait = self._distribution(
             "cachegrid_handoff_wait_seconds",
             "Time requests waited for their key's range to become active here.",
             LATENCY_BUCKETS)  # fmt: skip
-        self.forwarded = self._series("cachegrid_forwarded", "Requests forwarded to the owner.")
-        self.stale_hits = self._series(
+        self.forwarded = self._count("cachegrid_forwarded", "Requests forwarded to the owner.")
+        self.stale_hits = self._count(
             "cachegrid_stale_hits",
             "Sampled cache hits older than the store: must stay 0 (a consistency bug).",
         )
-        self.stale_checks = self._series(
+        self.stale_checks = self._count(
             "cachegrid_stale_checks", "Cache hits re-read from the store by the detector."
         )
-        self.registry.register(self)  # type: ignore[arg-type]
+        self.registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
         for family in self._families:
@@ -140,12 +152,20 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def _family(self, name: str, documentation: str, labels: tuple[str, ...],
-                buckets: tuple[float, ...] | None = None) -> Family:  # fmt: skip
-        family = Family(name, documentation, labels, buckets)
+    def _counters(self, name: str, documentation: str, labels: tuple[str, ...]) -> Counters:
+        family = Counters(name, documentation, labels)
         self._families.append(family)
         return family
 
-    def _series(self, name: str, documentation: str,
-                buckets: tuple[float, ...] | None = None) -> Count | Distribution:  # fmt: skip
-        return self._family(name, documentation, (), buckets).labels()
+    def _histograms(self, name: str, documentation: str, labels: tuple[str, ...],
+                    buckets: tuple[float, ...]) -> Histograms:  # fmt: skip
+        family = Histograms(name, documentation, labels, buckets)
+        self._families.append(family)
+        return family
+
+    def _count(self, name: str, documentation: str) -> Count:
+        return self._counters(name, documentation, ()).labels()
+
+    def _distribution(self, name: str, documentation: str,
+                      buckets: tuple[float, ...]) -> Distribution:  # fmt: skip
+        return self._histograms(name, documentation, (), buckets).labels()

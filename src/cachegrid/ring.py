@@ -72,7 +72,8 @@ class Ring:
         self._owners = [node_id for _, node_id in points]
         # Memo of recent lookups, one per ring: a new ring starts empty, so it never
         # answers from another placement. Hashing dominates a lookup; hot keys repeat.
-        self.owner = functools.lru_cache(maxsize=OWNER_MEMO)(self._owner)  # type: ignore[method-assign]
+        memo = functools.lru_cache(maxsize=OWNER_MEMO)(self._owner)
+        self.owner = memo  # type: ignore[method-assign]  # the memo stands in for the method
 
     def __repr__(self) -> str:
         return f"<Ring epoch={self.epoch} members={len(self.members)} points={len(self._hashes)}>"
@@ -104,16 +105,17 @@ class Ring:
             previous = point
         return shares
 
-    def describe(self) -> dict[str, object]:
-        """The JSON shape of ``GET /v1/ring``."""
-        return {
-            "epoch": self.epoch,
-            "vnodes": self.vnodes,
-            "members": [
-                {"id": m.node_id, "addr": m.addr, "weight": m.weight}
-                for m in sorted(self.members.values(), key=lambda m: m.node_id)
-            ],
-        }
+    def describe(self, *, with_shares: bool = False) -> dict[str, object]:
+        """The JSON shape of ``GET /v1/ring``; ``with_shares`` adds each member's share of
+        the keyspace (``GET /admin/ring``)."""
+        shares = self.shares() if with_shares else {}
+        members: list[dict[str, object]] = []
+        for m in sorted(self.members.values(), key=lambda m: m.node_id):
+            row: dict[str, object] = {"id": m.node_id, "addr": m.addr, "weight": m.weight}
+            if with_shares:
+                row["share"] = round(shares.get(m.node_id, 0.0), 4)
+            members.append(row)
+        return {"epoch": self.epoch, "vnodes": self.vnodes, "members": members}
 
     @classmethod
     def from_description(cls, body: Mapping[str, Any]) -> Ring:

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from cachegrid.proof.checker import check
-from cachegrid.proof.history import OK, UNKNOWN, Op
-from cachegrid.proof.recorder import Recorder
+from tests.proof.checker import check
+from tests.proof.history import OK, UNKNOWN, Op
+from tests.proof.recorder import Recorder
 
 # Gauges the sampler keeps (unlabelled, one value per node).
 SAMPLED = ("cachegrid_ring_epoch", "cachegrid_lease_slack_seconds",

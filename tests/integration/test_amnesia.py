@@ -16,10 +16,10 @@ import time
 import pytest
 
 from cachegrid.errors import StoreUnavailable
-from cachegrid.servers import RedisServer
 from cachegrid.store import QuorumStore, Record, Replica
 from cachegrid.store.trust import Trust
 from cachegrid.version import Version
+from tests.processes import FaultyRedis
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ async def write_all(
 
 
 async def write_while_paused(
-    store: QuorumStore, laggard: RedisServer, seq: int, acked: dict[str, Record],
+    store: QuorumStore, laggard: FaultyRedis, seq: int, acked: dict[str, Record],
     keys: list[str] = KEYS,
 ) -> None:  # fmt: skip
     """Write ``keys``, in 2 s or more, while ``laggard`` is frozen. Its first calls time out,
@@ -59,7 +59,7 @@ async def write_while_paused(
         laggard.resume()
 
 
-async def wipe(server: RedisServer) -> None:
+async def wipe(server: FaultyRedis) -> None:
     """Crash a replica and bring it back empty: it forgot everything it acknowledged."""
     server.kill()
     server.wipe()
@@ -79,7 +79,7 @@ async def until_certified(store: QuorumStore, index: int, since: float, wait: fl
     raise AssertionError(f"replica {index} not certified: {store.upkeep.progress[replica]}")
 
 
-async def lost_writes(servers: list[RedisServer], acked: dict[str, Record]) -> list[str]:
+async def lost_writes(servers: list[FaultyRedis], acked: dict[str, Record]) -> list[str]:
     """Read every key through a store that has never seen these replicas (a node started
     afresh, or one whose cache was flushed): what no longer reads as acknowledged."""
     store = QuorumStore([Replica(s.endpoint, timeout=1) for s in servers], timeout=1)

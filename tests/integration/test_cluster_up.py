@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis
 
-from cachegrid.servers import PortAllocator, bindable
+from cachegrid.devcluster.servers import PortAllocator, bindable
 
 
 def free_base_port(ports: PortAllocator) -> int:

@@ -18,12 +18,12 @@ import aiohttp
 import pytest
 
 from cachegrid.coord.etcd import Etcd
-from cachegrid.proof.history import FAILED, OK
-from cachegrid.servers import NodeProcess
 from tests.integration.etcd_ops import clear_nospace, fill_past_quota
 from tests.integration.faults import Relays
 from tests.integration.netns import Netns
 from tests.integration.scenario import Events, ScenarioResult, run_scenario
+from tests.processes import FaultyNode
+from tests.proof.history import FAILED, OK
 
 TTL = 2
 # A lost owner's keys wait for its lease (TTL, plus the margin) and one ring change.
@@ -308,7 +308,7 @@ async def test_a_second_process_with_a_live_node_id_never_serves(fresh_cluster, 
     started again; then the original is killed, and the duplicate takes the id over once
     the original's lease is gone. Clients send to every URL throughout."""
     cluster = await start(fresh_cluster)
-    duplicate = NodeProcess(cluster.config.parent / "duplicate", "node1", ports.take(),
+    duplicate = FaultyNode(cluster.config.parent / "duplicate", "node1", ports.take(),
                             cluster.config)  # fmt: skip
 
     async def fault(events: Events) -> None:

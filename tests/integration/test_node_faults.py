@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from cachegrid.ring import Ring
-from cachegrid.servers import NodeProcess
+from tests.processes import FaultyNode
 
 
 async def get(http, url):
@@ -106,17 +106,22 @@ async def test_overload_is_shed_with_429_not_queued(fresh_cluster, http) -> None
     assert orjson.loads(shed[2])["error"]["code"] == "overloaded"
 
 
+def spawn_duplicate(cluster, ports, tmp_path, *, id_wait: float) -> FaultyNode:
+    """A second process with node1's id (and ``node.id_wait``), started."""
+    config = tmp_path / "dup.toml"
+    config.write_text(cluster.config.read_text() + f"id_wait = {id_wait}\n")
+    duplicate = FaultyNode(tmp_path / "dup", "node1", ports.take(), config)
+    duplicate.spawn()
+    return duplicate
+
+
 @pytest.mark.slow
 async def test_a_duplicate_node_id_is_refused_with_a_clear_error(
     fresh_cluster, ports, tmp_path
 ) -> None:
     """A second process with a live id waits ``node.id_wait`` for it, serves nothing
     meanwhile, then exits non-zero naming the holder."""
-    cluster = fresh_cluster()
-    config = tmp_path / "dup.toml"
-    config.write_text(cluster.config.read_text() + "id_wait = 1.5\n")
-    duplicate = NodeProcess(tmp_path / "dup", "node1", ports.take(), config)
-    duplicate.spawn()
+    duplicate = spawn_duplicate(fresh_cluster(), ports, tmp_path, id_wait=1.5)
     try:
         deadline = time.monotonic() + 20
         while duplicate.running and time.monotonic() < deadline:  # noqa: ASYNC110 (a process)
@@ -135,11 +140,7 @@ async def test_a_node_waiting_for_its_id_stops_at_once_on_sigterm(
     """A replacement waiting for a live id (up to ``node.id_wait``, here 30 s) is asked to
     stop: it stops at once (3 s allowed for a busy machine), not after the wait (it used
     to take the 5 s grace and a SIGKILL, which also kept an operator's restart waiting)."""
-    cluster = fresh_cluster()
-    config = tmp_path / "dup.toml"
-    config.write_text(cluster.config.read_text() + "id_wait = 30\n")
-    duplicate = NodeProcess(tmp_path / "dup", "node1", ports.take(), config)
-    duplicate.spawn()
+    duplicate = spawn_duplicate(fresh_cluster(), ports, tmp_path, id_wait=30)
     try:
         deadline = time.monotonic() + 20
         while "is held by lease" not in duplicate.log_tail() and time.monotonic() < deadline:  # noqa: ASYNC110

@@ -9,8 +9,8 @@ store: a held read or write waits until the test releases it.
 import asyncio
 
 from cachegrid.localcache import LocalCache
-from cachegrid.node import Node
 from cachegrid.ring import Member, Ring
+from cachegrid.serving.owner import Node
 from cachegrid.store import QuorumStore, Record, Replica
 from cachegrid.version import Version
 

@@ -8,16 +8,16 @@ from collections.abc import Callable
 import pytest
 
 from cachegrid.errors import BadRequest, StoreUnavailable, TooLarge, WriteIndeterminate
-from cachegrid.servers import RedisServer
 from cachegrid.store import QuorumStore, Record, Replica
 from cachegrid.version import Version
+from tests.processes import FaultyRedis
 
 
 def rec(seq: int, value: bytes | None = None, epoch: int = 1) -> Record:
     return Record(Version(epoch, seq), False, value if value is not None else b"%d" % seq)
 
 
-async def copies(servers: list[RedisServer], key: str) -> list[Record | None]:
+async def copies(servers: list[FaultyRedis], key: str) -> list[Record | None]:
     """What each replica holds for ``key``, read directly, bypassing the quorum."""
     result = []
     for server in servers:
@@ -73,7 +73,7 @@ async def test_a_write_older_than_the_stored_version_reports_the_newer_one(
     assert await store.read("k") == rec(5)
 
 
-FAULTS: dict[str, Callable[[RedisServer], None]] = {
+FAULTS: dict[str, Callable[[FaultyRedis], None]] = {
     "killed": lambda server: server.kill(),
     "paused": lambda server: server.pause(),
     "restarted_empty": lambda server: (server.kill(), server.wipe(), server.start()),

@@ -8,7 +8,7 @@ import urllib.request
 
 import redis
 
-from cachegrid.servers import RedisServer
+from tests.processes import FaultyRedis
 
 
 def etcd_put_get(url: str, key: str, value: str) -> bytes:
@@ -51,7 +51,7 @@ def test_replicas_run_with_the_requested_fsync_policy(redis_servers) -> None:
 
 
 def test_stop_reaps_even_a_paused_process(tmp_path, ports) -> None:
-    server = RedisServer(tmp_path / "r", ports.take())
+    server = FaultyRedis(tmp_path / "r", ports.take())
     server.start()
     pid = server.pid
     server.pause()

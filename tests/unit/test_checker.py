@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from cachegrid.proof.checker import check
-from cachegrid.proof.history import (
+from tests.proof.checker import check
+from tests.proof.history import (
     ABSENT,
     CAS,
     CREATE,

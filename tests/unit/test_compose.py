@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from cachegrid import cli, config
+from cachegrid import config
+from cachegrid.cli import main as cli
 
 ROOT = Path(__file__).parents[2]
 

@@ -1,7 +1,7 @@
 """The local cache keeps its bounds in entries and bytes, and evicts least recently used."""
 
 from cachegrid.localcache import ENTRY_OVERHEAD, LocalCache
-from cachegrid.node import make_entry
+from cachegrid.serving.entry import make_entry
 from cachegrid.store import Record
 from cachegrid.version import Version
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cachegrid.coord.ownership import MAX_PENDING, Activation, Ownership, may_activate
+from cachegrid.coord.ownership import MAX_PENDING, Ownership
 from cachegrid.ring import Member, Ring
 
 KEYS = [f"k{i}" for i in range(400)]
@@ -90,22 +90,3 @@ def test_reset_forgets_everything() -> None:
     assert active(me) == set()
     assert me.current is None
     me.apply(ring(1, "a"))  # after a reset, any epoch starts afresh
-
-
-def test_activation_needs_every_other_live_member_acked() -> None:
-    """The S1 decision: every other live member acked the epoch (a member whose key is gone
-    has no lease and cannot serve); acks of departed members do not matter."""
-    members = {"a": 7, "b": 8, "c": 9}
-    assert may_activate(members, {"b": 10, "c": 10}, "a", 7, 10) is Activation.YES
-    assert may_activate(members, {"b": 10, "c": 9}, "a", 7, 10) is Activation.NOT_YET
-    assert may_activate(members, {"b": 10}, "a", 7, 10) is Activation.NOT_YET  # c never acked
-    assert may_activate({"a": 7}, {"b": 1}, "a", 7, 10) is Activation.YES  # b is gone
-    assert may_activate({"a": 7}, {}, "a", 7, 10) is Activation.YES  # alone
-
-
-def test_activation_is_refused_when_our_member_key_is_not_ours() -> None:
-    """Another process holds our id (its lease on our key), or our key is gone: whatever
-    the acks say, this node must not activate (issue 10: duplicate ids broke S1)."""
-    acks = {"b": 10}
-    assert may_activate({"a": 99, "b": 8}, acks, "a", 7, 10) is Activation.NOT_OURS
-    assert may_activate({"b": 8}, acks, "a", 7, 10) is Activation.NOT_OURS

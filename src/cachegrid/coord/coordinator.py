@@ -5,39 +5,29 @@ membership view built from it, re-snapshots (compaction, a stalled watch), re-re
 after a lost lease, and the activation of rings. It answers the node's one question,
 ``can_serve(key)``, without I/O.
 
-Keys under ``<prefix>/`` (each attached to the node's lease, so a dead node's vanish together):
-    members/<node-id>  {"addr", "weight", "incarnation"}   the node's right to be in the ring
-    acks/<node-id>     "<revision>"   "I applied every change up to <revision> and released
-                                       all I do not own under the ring it gave"; written on
-                                       each membership change and every ``probe_interval``
-                                       (its own events then prove the watch still flows)
-    weights/<node-id>  "<weight>"     the operator's weight for the node (no lease: it
-                                       outlives the node); the node re-registers with it
-    admin/<id>         {"op", ...}    an admin command, under a short lease of its own
-    admin-done/<id>/<node-id>  {...}  the node's result, under the command's lease
+Its keys in etcd are those of keyspace.py; the decisions it takes (which epoch a ring
+gets, whether a ring may be activated, whether our id is lost, whether the watch stalled)
+are membership.py's pure rules. This module is their I/O: the watch, the reads, the puts.
 
 Invariants:
-- The ring's epoch is an etcd revision >= every put that built its member set: the change's
-  revision from the watch, or from a snapshot the newest member record's mod_revision (or
-  the snapshot's revision, when a re-snapshot found members gone). A peer that applied
-  every change up to that epoch knows every member of the set, and may know extra members
-  deleted since, which only takes keys from it: so what it claims, this ring does not give
-  us. Each revision changes at most one member key: a registration is one put, and a lease
-  revocation or expiry deletes the keys of one lease, which holds one member key.
+- A ring's epoch follows membership.py's epoch rule. Each revision changes at most one
+  member key: a registration is one put, and a lease revocation or expiry deletes the keys
+  of one lease, which holds one member key.
 - Handoff order on every membership change: apply the ring (keys that moved away stop being
   active at once), let the node release them (``on_release``: drain writes, drop entries),
   then ack the revision. Acks never wait for activation, so handoffs cannot deadlock.
-- A ring is activated only after a linearizable read shows every *other* member present in
-  etcd with an ack >= the ring's epoch; a member whose key is gone has no live lease, and
-  its local deadline (session.py) has passed. Never on the watch alone.
+- A ring is activated only after a linearizable read passes membership.py's
+  ``may_activate``. Never on the watch alone.
 - ``can_serve`` is true only before the session's local deadline and for a key active in
   ``Ownership``. After a lost lease nothing is served until re-registered and re-activated.
 - A node id is held exclusively: registration creates ``members/<id>`` only if it is
   absent (one etcd transaction), and rewrites it only while it is attached to our lease.
-  Whenever the watch, a snapshot or an activation read shows our member key gone or
-  attached to another lease, the session is abandoned: a node never serves under an id
-  it does not hold. A second process with a live id waits ``id_wait`` seconds for it to
-  go (a previous run's lease expiring), then gives up (``DuplicateNodeId``).
+  Whenever the watch, a snapshot or an activation read shows our id lost (membership.py's
+  ``identity_lost``), the session is abandoned: a node never serves under an id it does
+  not hold. A second process with a live id waits ``id_wait`` seconds for it to go (a
+  previous run's lease expiring), then gives up (``DuplicateNodeId``).
+- Life cycle: ``start`` then ``stop``; ``stop`` returns once every loop has ended, and
+  revokes the lease even if the task running it is cancelled meanwhile.
 """
 
 from __future__ import annotations
@@ -61,12 +51,28 @@ from cachegrid.coord.etcd import (
     KeyValue,
     WatchEvent,
 )
-from cachegrid.coord.ownership import Activation, Ownership, may_activate
+from cachegrid.coord.keyspace import Keyspace
+from cachegrid.coord.membership import (
+    Activation,
+    Probes,
+    identity_lost,
+    may_activate,
+    members_and_acks,
+    parse_member,
+    parse_weight,
+    snapshot_epoch,
+)
+from cachegrid.coord.ownership import Ownership
 from cachegrid.coord.session import Session
 from cachegrid.errors import CachegridError
+from cachegrid.lifecycle import uncancellable
 from cachegrid.ring import DEFAULT_VNODES, Member, Ring
 
 log = logging.getLogger(__name__)
+
+
+# Seconds ``stop`` waits for the background loops to end before revoking the lease anyway.
+STOP_GRACE = 2.0
 
 
 class DuplicateNodeId(CachegridError):
@@ -79,8 +85,9 @@ class DuplicateNodeId(CachegridError):
 # Called after a ring is applied or the lease is lost, before the ack: the node must stop
 # and drop everything that is no longer active (``drop_all``: its whole cache).
 ReleaseFn = Callable[[bool], Awaitable[None]]
-# Called with each admin command record; returns the node's result, stored for the issuer.
-AdminFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# Called with each admin command record (raw); returns the node's result, stored for the
+# issuer (commands.py's ``Executor.apply``, which never raises).
+AdminFn = Callable[[bytes], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -126,26 +133,26 @@ class Coordinator:
         self._on_admin = on_admin
         self._on_change = on_change or (lambda: None)
         self._clock = clock
-        prefix = settings.prefix.encode()
-        self._root = prefix + b"/"
-        self._members_prefix = prefix + b"/members/"
-        self._acks_prefix = prefix + b"/acks/"
-        self._ack_key = self._acks_prefix + settings.node_id.encode()
-        self._weight_key = prefix + b"/weights/" + settings.node_id.encode()
-        self._admin_prefix = prefix + b"/admin/"
-        self._done_prefix = prefix + b"/admin-done/"
+        self._keys = Keyspace.of(settings.prefix)
+        self._member_key = self._keys.member(settings.node_id)
         self._members: dict[str, Member] = {}  # the view, as of applied_revision
         self._changed = asyncio.Condition()  # notified on every applied event or activation
-        self._probes: list[tuple[int, float]] = []  # (ack revision, when written), unseen
+        self._probes = Probes(settings.stall_after)
         self.failed: BaseException | None = None  # a background loop died: serve nothing
         self.fatal = asyncio.Event()  # set when the node must exit (``failed`` says why)
-        self._member_key = self._members_prefix + settings.node_id.encode()
         # The session whose member key we created, and that key's revision: identity checks
         # apply only to it (a session still registering holds no key yet).
         self._registered_lease = 0
         self._registered_at = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # the background loops, by name
         self._stopping = False
+
+    def attach(self, *, on_release: ReleaseFn | None = None,
+               on_admin: AdminFn | None = None) -> None:  # fmt: skip
+        """Set the callbacks once the objects they call exist (the node is built after
+        its coordinator, which it needs). Before ``start``."""
+        self._on_release = on_release or self._on_release
+        self._on_admin = on_admin or self._on_admin
 
     def __repr__(self) -> str:
         slack = f"{self.session.slack():.2f}s" if self.session else "-"
@@ -159,6 +166,10 @@ class Coordinator:
     def can_serve(self, key: str) -> bool:
         """True if this node is the active owner of ``key`` right now. No I/O."""
         return self.lease_alive() and self.ownership.is_active_owner(key)
+
+    def ready(self) -> bool:
+        """Serving: a live lease and an activated ring (what /readyz answers)."""
+        return self.lease_alive() and self.ownership.activated_epoch is not None
 
     def lease_alive(self) -> bool:
         """Before the local lease deadline, with every background loop healthy. No I/O."""
@@ -209,21 +220,35 @@ class Coordinator:
         """Register, load the membership snapshot, and start the background loops."""
         await self._register()
         await self._snapshot()
-        self._tasks = [
-            self._supervised(self._watch_loop, "coord-watch", on_restart=self._resync),
-            self._supervised(self._activation_loop, "coord-activate"),
-            self._supervised(self._lease_loop, "coord-lease"),
-            self._supervised(self._probe_loop, "coord-probe"),
-        ]
+        self._start_watch()
+        for loop, name in (
+            (self._activation_loop, "coord-activate"),
+            (self._lease_loop, "coord-lease"),
+            (self._probe_loop, "coord-probe"),
+        ):
+            self._tasks[name] = self._supervised(loop, name)  # fmt: skip
 
     async def stop(self) -> None:
-        """Leave the cluster: stop serving, revoke the lease (its keys go with it)."""
+        """Leave the cluster: stop serving, end every loop, revoke the lease (its keys go
+        with it, so others take over at once). Returns once all of it is done, even if the
+        caller is cancelled meanwhile (then the cancellation is passed on)."""
+        await uncancellable(self._stop())
+
+    async def _stop(self) -> None:
         self._stopping = True
         self.ownership.reset()
         self._on_change()
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: aetcd can deadlock a watch cancelled while it is being created (its
+        # request queue fills while its lock is held), and a stuck loop must not keep
+        # the lease alive: serving stopped above, and revoking it hands our keys over.
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks.values(), timeout=STOP_GRACE)
+            if stuck:
+                log.warning("loops still running %.0f s after stop: %s", STOP_GRACE,
+                            ", ".join(sorted(t.get_name() for t in stuck)))  # fmt: skip
+        self._tasks = {}
         if self.session is not None:
             await self.session.close(revoke=True)
 
@@ -238,7 +263,7 @@ class Coordinator:
         previous = self.session
         self.session = session
         try:
-            _, weight = await self._etcd.get(self._weight_key)
+            _, weight = await self._etcd.get(self._keys.weight(self.settings.node_id))
             if weight is not None:
                 self._set_weight(weight.value)
             self.incarnation = uuid.uuid4().hex[:12]
@@ -310,20 +335,19 @@ class Coordinator:
     def _check_identity(self, key: bytes, lease: int | None) -> None:
         """``lease`` is the lease our member key has now (None: gone)."""
         session = self.session
-        if key != self._member_key or session is None or not self._holds_id():
-            return  # not ours, or still registering: nothing to lose yet
-        if lease != session.lease_id:
-            shown = "gone" if lease is None else f"attached to lease {lease:x}"
-            self._give_up_lease(f"our member key is {shown}")
+        if key != self._member_key or session is None:
+            return
+        reason = identity_lost(self._holds_id(), session.lease_id, lease)
+        if reason is not None:
+            self._give_up_lease(reason)
 
     def _set_weight(self, raw: bytes) -> bool:
         """Adopt the operator's weight; True if it changed."""
-        try:
-            weight = int(raw)
-        except ValueError:
+        weight = parse_weight(raw)
+        if weight is None:
             log.error("ignoring malformed weight %r", raw[:50])
             return False
-        if weight < 0 or weight == self.settings.weight:
+        if weight == self.settings.weight:
             return False
         self.settings = replace(self.settings, weight=weight)
         return True
@@ -345,22 +369,21 @@ class Coordinator:
 
     async def _snapshot(self) -> None:
         """Rebuild the view from a linearizable read of the whole prefix."""
-        snapshot = await self._etcd.get_prefix(self._root)
+        snapshot = await self._etcd.get_prefix(self._keys.root)
         before = dict(self._members)
         self._members = {}
         newest_put = 0
         for item in snapshot.items:
-            if item.key.startswith(self._members_prefix):
+            if item.key.startswith(self._keys.members):
                 self._read_member(item)
                 newest_put = max(newest_put, item.mod_revision)
         ours = next((i for i in snapshot.items if i.key == self._member_key), None)
         self._check_identity(self._member_key, ours.lease if ours else None)
         current = self.ownership.current
-        if current is None or newest_put > current.epoch:
-            await self._apply_ring(newest_put)
-        elif self._members != before:
-            # Members vanished while we were not watching: no put dates the new set.
-            await self._apply_ring(snapshot.revision)
+        epoch = snapshot_epoch(current.epoch if current else None, newest_put,
+                               self._members != before, snapshot.revision)  # fmt: skip
+        if epoch is not None:
+            await self._apply_ring(epoch)
         # Set last: an ack of applied_revision must not run ahead of the release above.
         self.applied_revision = snapshot.revision
         await self._ack()
@@ -369,7 +392,7 @@ class Coordinator:
         while not self._stopping:
             try:
                 resume = self.applied_revision + 1
-                async for event in self._etcd.watch_prefix(self._root, resume):
+                async for event in self._etcd.watch_prefix(self._keys.root, resume):
                     await self._apply_event(event)
             except EtcdCompacted as error:
                 log.warning("watch compacted (%s): re-snapshot", error.message)
@@ -385,19 +408,19 @@ class Coordinator:
         await self._retry(self._snapshot)
 
     async def _apply_event(self, event: WatchEvent) -> None:
-        if event.key.startswith(self._members_prefix):
+        if event.key.startswith(self._keys.members):
             if event.kind == "put":
                 self._read_member(KeyValue(event.key, event.value, 0, event.revision, event.lease))
             else:
-                self._members.pop(event.key[len(self._members_prefix) :].decode(), None)
+                self._members.pop(Keyspace.name_under(event.key, self._keys.members), None)
             if event.revision > self._registered_at:  # not the past of an earlier session
                 self._check_identity(event.key, event.lease if event.kind == "put" else None)
             await self._apply_ring(event.revision)
-        elif event.key == self._weight_key and event.kind == "put":
+        elif event.key == self._keys.weight(self.settings.node_id) and event.kind == "put":
             if self._set_weight(event.value) and self.session and self.session.alive():
                 with contextlib.suppress(EtcdUnavailable):
                     await self._rewrite_member()  # its own event then changes the ring
-        elif event.key.startswith(self._admin_prefix) and event.kind == "put":
+        elif event.key.startswith(self._keys.commands) and event.kind == "put":
             await self._run_admin(event)
         # Only now, with the ring applied and released, does the event count as applied.
         self.applied_revision = event.revision
@@ -405,11 +428,9 @@ class Coordinator:
             self._changed.notify_all()
 
     def _read_member(self, item: KeyValue) -> None:
-        node_id = item.key[len(self._members_prefix) :].decode()
-        try:
-            record = orjson.loads(item.value)
-            member = Member(node_id, str(record["addr"]), int(record["weight"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        node_id = Keyspace.name_under(item.key, self._keys.members)
+        member = parse_member(node_id, item.value)
+        if member is None:
             log.error("ignoring malformed member record %r", item.value[:200])
             return
         self._members[node_id] = member
@@ -426,14 +447,9 @@ class Coordinator:
         """Carry out an admin command and leave the result for its issuer."""
         if self._on_admin is None:
             return
-        try:
-            command = orjson.loads(event.value)
-            result = await self._on_admin(command)
-        except Exception as error:  # a bad command must not stop the watch
-            log.exception("admin command %r failed", event.value[:200])
-            result = {"status": "failed", "error": repr(error)}
-        command_id = event.key[len(self._admin_prefix) :]
-        done = self._done_prefix + command_id + b"/" + self.settings.node_id.encode()
+        result = await self._on_admin(event.value)
+        command_id = Keyspace.name_under(event.key, self._keys.commands)
+        done = self._keys.result(command_id, self.settings.node_id)
         with contextlib.suppress(EtcdUnavailable, EtcdError):
             await self._etcd.put(done, orjson.dumps(result), lease=event.lease or None)
 
@@ -449,7 +465,8 @@ class Coordinator:
             return None  # no live lease: nobody waits for our ack
         value = str(self.applied_revision if revision is None else revision).encode()
         try:
-            return await self._etcd.put(self._ack_key, value, lease=session.lease_id)
+            return await self._etcd.put(self._keys.ack(self.settings.node_id), value,
+                                        lease=session.lease_id)  # fmt: skip
         except (EtcdUnavailable, EtcdError) as error:  # e.g. NOSPACE: acks resume later
             log.warning("ack of %s not written: %s", value.decode(), error.message)
             return None
@@ -476,15 +493,8 @@ class Coordinator:
     async def _all_acked(self, epoch: int) -> int | None:
         """A linearizable read: has every other live member acked a revision >= epoch?
         The read's revision if so, else None."""
-        snapshot = await self._etcd.get_prefix(self._root)
-        members: dict[str, int] = {}  # node id -> the lease its member key is attached to
-        acks: dict[str, int] = {}
-        for item in snapshot.items:
-            if item.key.startswith(self._members_prefix):
-                members[item.key[len(self._members_prefix) :].decode()] = item.lease
-            elif item.key.startswith(self._acks_prefix):
-                with contextlib.suppress(ValueError):
-                    acks[item.key[len(self._acks_prefix) :].decode()] = int(item.value)
+        snapshot = await self._etcd.get_prefix(self._keys.root)
+        members, acks = members_and_acks(snapshot.items, self._keys)
         session = self.session
         lease = session.lease_id if session and self._holds_id() else 0
         verdict = may_activate(members, acks, self.settings.node_id, lease, epoch)
@@ -506,19 +516,21 @@ class Coordinator:
             await asyncio.sleep(self.settings.probe_interval)
             written = await self._ack()
             if written is not None:
-                self._probes.append((written, self._clock()))
-            self._probes = [p for p in self._probes if p[0] > self.applied_revision]
-            if self._probes and self._clock() - self._probes[0][1] > self.settings.stall_after:
+                self._probes.written(written, self._clock())
+            if self._probes.stalled(self.applied_revision, self._clock()):
                 log.warning("watch stalled at %d: re-snapshot", self.applied_revision)
-                self._probes = []
                 await self._restart_watch()
 
+    def _start_watch(self) -> None:
+        self._tasks["coord-watch"] = self._supervised(self._watch_loop, "coord-watch",
+                                                      on_restart=self._resync)  # fmt: skip
+
     async def _restart_watch(self) -> None:
-        watch = self._tasks[0]
+        watch = self._tasks["coord-watch"]
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
         await self._resync()
-        self._tasks[0] = self._supervised(self._watch_loop, "coord-watch", on_restart=self._resync)
+        self._start_watch()
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -63,6 +62,8 @@ _ERRORS: dict[type[Exception], type[CachegridError]] = {
     aexc.PreconditionFailedError: EtcdError,
     aexc.UnauthenticatedError: EtcdError,
 }
+# What a call may raise that _translate knows, timeouts included.
+_TRANSLATED: tuple[type[Exception], ...] = (TimeoutError, *_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +204,21 @@ class Etcd:
         """
         index = self._current
         client = self._clients[index]
+        # Created in a task of its own, never cancelled midway: aetcd can deadlock a watch
+        # cancelled while it is being created (a condition's lock that is never released),
+        # and with it whoever waits for the cancelled task (a node's shutdown).
+        creating = asyncio.ensure_future(client.watch_prefix(prefix, start_revision=start_revision))
         try:
-            async with asyncio.timeout(self.timeout):
-                watch = await client.watch_prefix(prefix, start_revision=start_revision)
+            await asyncio.wait({creating}, timeout=self.timeout)
+        finally:
+            if not creating.done():
+                creating.add_done_callback(_discard_watch)
+        try:
+            if not creating.done():
+                raise TimeoutError
+            watch = creating.result()
         except aexc.RevisionCompactedError as error:
-            raise EtcdCompacted(str(error), int(error.compacted_revision)) from error
+            raise compacted(error) from error
         except (TimeoutError, aexc.ClientError) as error:
             self._current = (index + 1) % len(self._clients)
             raise EtcdUnavailable(f"{self.endpoints[index]}: watch failed: {error!r}") from error
@@ -217,16 +228,17 @@ class Etcd:
                 kind = "put" if event.kind == "PUT" else "delete"
                 yield WatchEvent(kind, kv.key, kv.value, kv.mod_revision, kv.lease)
         except aexc.RevisionCompactedError as error:
-            raise EtcdCompacted(str(error), int(error.compacted_revision)) from error
+            raise compacted(error) from error
         except Exception as error:
             # aetcd delivers any failure of the shared stream (a gRPC error, a closed
             # channel) to every watcher; for us each means: resume elsewhere.
             self._current = (index + 1) % len(self._clients)
             raise EtcdUnavailable(f"{self.endpoints[index]}: watch broke: {error!r}") from error
         finally:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
-                    await watch.cancel()
+            # Also in a task of its own, waited for at most a second, for the same reason.
+            cancelling = asyncio.ensure_future(watch.cancel())
+            cancelling.add_done_callback(_retrieve)
+            await asyncio.wait({cancelling}, timeout=1.0)
 
     async def close(self) -> None:
         await asyncio.gather(*(client.close() for client in self._clients))
@@ -249,14 +261,14 @@ class Etcd:
             try:
                 async with asyncio.timeout(per_try or self.timeout):
                     result = await op(self._clients[index])
-            except (TimeoutError, *_ERRORS) as error:
+            except _TRANSLATED as error:
                 translated = _translate(error)
                 if not isinstance(translated, EtcdUnavailable):
                     raise translated from error
                 failures.append(f"{self.endpoints[index]}: {translated.message}")
                 continue
             except aexc.RevisionCompactedError as error:
-                raise EtcdCompacted(str(error), int(error.compacted_revision)) from error
+                raise compacted(error) from error
             except aexc.ClientError as error:
                 if not _transient(error):
                     raise EtcdError(f"etcd: {error}") from error
@@ -287,7 +299,25 @@ def _transient(error: aexc.ClientError) -> bool:
     return callable(code) and getattr(code(), "name", "") in _TRANSIENT
 
 
-def _translate(error: BaseException) -> CachegridError:
+def _discard_watch(creating: asyncio.Future[Any]) -> None:
+    """A watch whose creation we stopped waiting for: cancel it if it came to exist."""
+    if creating.cancelled() or creating.exception() is not None:
+        return
+    asyncio.ensure_future(creating.result().cancel()).add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Consume a background call's outcome (its failure needs no one's attention)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def compacted(error: aexc.RevisionCompactedError) -> EtcdCompacted:
+    """Ours, for aetcd's RevisionCompactedError (which says from where to re-snapshot)."""
+    return EtcdCompacted(str(error), int(error.compacted_revision))
+
+
+def _translate(error: Exception) -> CachegridError:
     if isinstance(error, TimeoutError):
         return EtcdUnavailable("timed out")
     return _ERRORS[type(error)](str(error) or type(error).__name__)
@@ -300,7 +330,7 @@ def _client(endpoint: str, timeout: float) -> aetcd.Client:
         "grpc.initial_reconnect_backoff_ms": 100,
         "grpc.max_reconnect_backoff_ms": 1000,
     }
-    return aetcd.Client(host=host, port=int(port), timeout=timeout, options=options)  # type: ignore[arg-type]
+    return aetcd.Client(host=host, port=int(port), timeout=timeout, options=options)
 
 
 def _prefix_end(prefix: bytes) -> bytes:

@@ -9,7 +9,7 @@ Invariants (S1, at most one active owner per key, given every node keeps these):
   between gives it back. (Without this, an owner two epochs back could still be serving.)
 - A ring is activated only by ``activate(epoch)`` for the newest applied ring, which the
   caller does only after a linearizable read showed every other live member acked an
-  applied revision >= that epoch (see coordinator.py).
+  applied revision >= that epoch (membership.py's ``may_activate``).
 - ``reset`` (the lease was lost) makes nothing active and forgets every ring.
 - ``write_epoch`` is the etcd revision of the read that confirmed the last activation. A
   later owner of any key activates only after reading our later ack, so its write epoch is
@@ -18,9 +18,6 @@ Pure and synchronous: no I/O, no clock.
 """
 
 from __future__ import annotations
-
-import enum
-from collections.abc import Mapping
 
 from cachegrid.ring import Ring
 
@@ -97,26 +94,3 @@ class Ownership:
         self._activated = None
         self._pending = []
         self.write_epoch = 0
-
-
-class Activation(enum.Enum):
-    YES = "yes"
-    NOT_YET = "not_yet"  # some other live member has not acked the epoch
-    NOT_OURS = "not_ours"  # our member key is gone or held by another lease: serve nothing
-
-
-def may_activate(
-    members: Mapping[str, int], acks: Mapping[str, int], node_id: str, lease: int, epoch: int
-) -> Activation:
-    """The activation decision of S1, from one linearizable read of etcd.
-
-    ``members`` maps each live member's id to the lease its member key is attached to;
-    ``acks`` each node's acked revision. A ring of ``epoch`` may be activated only if our
-    own member key is attached to our own ``lease`` (else another process holds our id,
-    or we lost it) and every *other* live member acked ``epoch`` or later: a member whose
-    key is gone has no live lease, so its local deadline has passed and it serves nothing.
-    """
-    if members.get(node_id) != lease:
-        return Activation.NOT_OURS
-    others = (member for member in members if member != node_id)
-    return Activation.YES if all(acks.get(m, 0) >= epoch for m in others) else Activation.NOT_YET

@@ -1,7 +1,8 @@
 """The admin HTTP API of a node (/admin/...), behind a bearer token.
 
 Owns: authentication of operators, and turning admin requests into cluster-wide commands
-(cachegrid.admin), weight changes, or local work (status, repair). No cache logic here.
+and weight changes (coord/commands.py's ``Admin``), or local work (status, repair). No
+cache logic here. What it needs of the other layers are the protocols below.
 
 Routes (JSON bodies):
     GET  /admin/status[?scope=cluster]   this node's status, or every live node's
@@ -23,31 +24,65 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
-from cachegrid.admin import Admin
-from cachegrid.coord.coordinator import Coordinator
 from cachegrid.errors import BadRequest, CachegridError, Forbidden, Unauthorized
-from cachegrid.forward import Forwarder
-from cachegrid.http.server import JSON, Handler, add_table, json_response
+from cachegrid.http.framework import Answer, Handler, Table, add_table, json_response, read_json
 from cachegrid.keys import check_key
-from cachegrid.node import Node
-from cachegrid.store import QuorumStore
+from cachegrid.ring import Ring
+from cachegrid.serving.owner import Node
+from cachegrid.serving.ports import Peers
 
 DEFAULT_WAIT = 15.0  # seconds an admin request waits for the cluster
+BODY_LIMIT = 1 << 20  # bytes of an admin request's body
+
+
+class Commands(Protocol):
+    """Cluster-wide commands and weights (coord/commands.py's ``Admin``)."""
+
+    async def run(self, op: str, args: dict[str, Any], wait: float) -> dict[str, Any]: ...
+
+    async def live_members(self) -> dict[str, dict[str, Any]]: ...
+
+    async def set_weight(self, node_id: str, weight: int) -> int: ...
+
+
+class Coordination(Protocol):
+    """What status pages show of coordination (coord/coordinator.py)."""
+
+    @property
+    def ring(self) -> Ring | None: ...
+
+    def status(self) -> dict[str, object]: ...
+
+
+class Repair(Protocol):
+    """What a RepairReport carries (store/quorum.py)."""
+
+    keys_checked: int
+    copies_written: int
+    unreachable: list[str]
+
+
+class StoreAdmin(Protocol):
+    """The store's health and repair (store/quorum.py's ``QuorumStore``)."""
+
+    def health(self) -> list[dict[str, object]]: ...
+
+    async def repair(self) -> Repair: ...
 
 
 class AdminApi:
     def __init__(
         self,
         node: Node,
-        coordinator: Coordinator,
-        admin: Admin,
-        store: QuorumStore,
-        forwarder: Forwarder,
+        coordinator: Coordination,
+        admin: Commands,
+        store: StoreAdmin,
+        peers: Peers,
         token: str,
     ) -> None:
         self.node = node
@@ -55,11 +90,11 @@ class AdminApi:
         self.coordinator = coordinator
         self.admin = admin
         self.store = store
-        self.forwarder = forwarder
+        self.peers = peers
         self._token = token.encode()
 
     def add_routes(self, app: web.Application) -> None:
-        table: list[tuple[str, dict[str, Handler]]] = [
+        table: Table = [
             ("/admin/status", {"GET": self._auth(self.status)}),
             ("/admin/ring", {"GET": self._auth(self.ring)}),
             ("/admin/flush", {"POST": self._auth(self.flush)}),
@@ -68,16 +103,6 @@ class AdminApi:
             ("/admin/repair", {"POST": self._auth(self.repair)}),
         ]
         add_table(app, table, self.node_id, self.node.metrics)
-
-    # -- commands run on every node (from the etcd stream) -------------------------------
-
-    async def apply_command(self, command: dict[str, Any]) -> dict[str, Any]:
-        """This node's part of a cluster-wide command (the coordinator calls it)."""
-        if command.get("op") != "flush":
-            return {"status": "ignored", "reason": f"unknown op {command.get('op')!r}"}
-        args = command.get("args", {})
-        flushed = self.node.flush(keys=args.get("keys"), prefix=args.get("prefix"))
-        return {"status": "applied", "flushed": flushed}
 
     # -- routes -------------------------------------------------------------------------
 
@@ -110,10 +135,7 @@ class AdminApi:
         ring = self.coordinator.ring
         if ring is None:
             return json_response({"epoch": None, "members": []}, self.node_id)
-        description = ring.describe()
-        shares = ring.shares()
-        for member in description["members"]:  # type: ignore[attr-defined]
-            member["share"] = round(shares.get(member["id"], 0.0), 4)
+        description = ring.describe(with_shares=True)
         return json_response(description, self.node_id)
 
     async def flush(self, request: web.Request) -> web.StreamResponse:
@@ -176,7 +198,7 @@ class AdminApi:
         if node == self.node_id:
             return self.local_status()
         try:
-            answer = await self.forwarder.forward(
+            answer = await self.peers.forward(
                 "GET", addr, "/admin/status", hops=0,
                 headers={"Authorization": f"Bearer {self._token.decode()}"},
             )  # fmt: skip
@@ -188,7 +210,7 @@ class AdminApi:
         return status
 
     def _auth(self, handler: Handler) -> Handler:
-        async def checked(request: web.Request) -> web.StreamResponse:
+        async def checked(request: web.Request) -> Answer:
             if not self._token:
                 raise Forbidden("the admin API is disabled: set node.admin_token")
             supplied = request.headers.get("Authorization", "")
@@ -211,14 +233,8 @@ def _settled(status: dict[str, Any], weights: dict[str, int]) -> bool:
 
 
 async def read_object(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    if request.content_type != JSON:
-        raise BadRequest(f"Content-Type must be {JSON}")
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as error:
-        raise BadRequest(f"the body is not valid JSON: {error}") from error
+    """An admin request's body: a JSON object, or none at all (``{}``)."""
+    body = await read_json(request, BODY_LIMIT, optional=True)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body

@@ -4,7 +4,8 @@ Owns: the exact wire form of a 200 GET answer, and writing it straight to the co
 aiohttp's ``web.Response`` builds a header multidict, formats and serializes it for every
 answer; on a hit that costs more than everything else the node does (bench/harness.py), so
 the fixed parts are encoded ahead: the status line and per-node headers once a second (the
-Date changes), and each entry's own headers (ETag, Content-Length) once, when it is cached.
+Date changes); each entry's own headers (ETag, Content-Length) are encoded once, when it
+is cached (serving/entry.py).
 
 Invariants:
 - What is written is a complete HTTP/1.1 response with the same headers the ordinary path
@@ -28,11 +29,6 @@ from aiohttp.http import HttpVersion11
 
 # Above this many bytes waiting in the transport, a hit awaits the drain.
 HIGH_WATER = 64 * 1024
-
-
-def entry_head(etag: str, body_length: int) -> bytes:
-    """An entry's own headers and the blank line that ends them; the body follows."""
-    return b"ETag: %s\r\nContent-Length: %d\r\n\r\n" % (etag.encode(), body_length)
 
 
 class HitPrefix:

@@ -1,59 +1,31 @@
 """The backing store: a quorum-replicated, versioned register per key over Redis.
 
-``Store`` is what the node needs from it; ``QuorumStore`` is the implementation.
+record.py holds the value types (``Record``, ``BatchRead``); quorum.py the register
+(``QuorumStore``, ``open_store``) over replica.py's ``Replica``, kept whole by upkeep.py
+with the pure rules of trust.py and writeback.py. What a node needs of a store is the
+``Store`` protocol of cachegrid.serving.ports, owned by its consumer.
+
+Importing this package is cheap (no redis): the Redis-backed parts load on first use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from cachegrid.config import StoreConfig
-from cachegrid.errors import CachegridError
-from cachegrid.store.quorum import BatchRead, QuorumStore, RepairReport
-from cachegrid.store.record import Record
-from cachegrid.store.replica import Replica
-from cachegrid.version import Version
+from cachegrid.store.record import BatchRead, Record
 
+if TYPE_CHECKING:
+    from cachegrid.store.quorum import QuorumStore, RepairReport, open_store
+    from cachegrid.store.replica import Replica
 
-class Store(Protocol):
-    """A linearizable register per key.
+_LAZY = {"QuorumStore": "quorum", "RepairReport": "quorum", "open_store": "quorum",
+         "Replica": "replica"}  # fmt: skip
 
-    Failure behaviour: ``read``/``read_many`` raise (or report per key) ``StoreUnavailable``
-    when no majority answered in time; retrying is safe. ``write`` raises ``StoreUnavailable``
-    when the write was applied nowhere and ``WriteIndeterminate`` when it may have been;
-    ``TooLarge``/``BadRequest`` before touching any replica. ``write_many`` reports the
-    same per item, and sends the batch in one round per replica.
-    """
-
-    async def read(self, key: str) -> Record | None: ...
-
-    async def read_many(self, keys: Iterable[str]) -> BatchRead: ...
-
-    async def write(self, key: str, record: Record) -> Version: ...
-
-    async def write_many(
-        self, items: Sequence[tuple[str, Record]]
-    ) -> list[Version | CachegridError]: ...
+__all__ = ["BatchRead", "QuorumStore", "Record", "RepairReport", "Replica", "open_store"]
 
 
-def open_store(config: StoreConfig) -> QuorumStore:
-    """A QuorumStore over the replicas ``config`` names (connections open lazily)."""
-    replicas = [
-        Replica(
-            addr,
-            timeout=config.timeout,
-            max_in_flight=config.max_in_flight,
-            cooldown=config.cooldown,
-        )
-        for addr in config.replicas
-    ]
-    return QuorumStore(
-        replicas,
-        timeout=config.timeout,
-        max_value_bytes=config.max_value_bytes,
-        max_key_bytes=config.max_key_bytes,
-    )
-
-
-__all__ = ["BatchRead", "QuorumStore", "Record", "RepairReport", "Replica", "Store", "open_store"]
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"cachegrid.store.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'cachegrid.store' has no attribute {name!r}")

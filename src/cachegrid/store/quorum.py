@@ -29,6 +29,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from cachegrid.config import StoreConfig
 from cachegrid.errors import (
     CachegridError,
     ReplicaError,
@@ -37,7 +38,7 @@ from cachegrid.errors import (
     WriteIndeterminate,
 )
 from cachegrid.keys import DEFAULT_MAX_KEY_BYTES, check_key
-from cachegrid.store.record import Record
+from cachegrid.store.record import BatchRead, Record
 from cachegrid.store.replica import Replica, Reply
 from cachegrid.store.trust import Trust
 from cachegrid.store.upkeep import Upkeep, copy_newest
@@ -45,14 +46,6 @@ from cachegrid.store.writeback import Answer, Plan, decodable, plan_write_back, 
 from cachegrid.version import ZERO, Version
 
 T = TypeVar("T")
-
-
-@dataclass
-class BatchRead:
-    """The outcome of a multi-key read: a record (or None when absent) or an error, per key."""
-
-    records: dict[str, Record | None] = field(default_factory=dict)
-    errors: dict[str, CachegridError] = field(default_factory=dict)
 
 
 @dataclass
@@ -415,3 +408,22 @@ class QuorumStore:
 
 def _succeeded(task: asyncio.Task[Any]) -> bool:
     return not task.cancelled() and task.exception() is None
+
+
+def open_store(config: StoreConfig) -> QuorumStore:
+    """A QuorumStore over the replicas ``config`` names (connections open lazily)."""
+    replicas = [
+        Replica(
+            addr,
+            timeout=config.timeout,
+            max_in_flight=config.max_in_flight,
+            cooldown=config.cooldown,
+        )
+        for addr in config.replicas
+    ]
+    return QuorumStore(
+        replicas,
+        timeout=config.timeout,
+        max_value_bytes=config.max_value_bytes,
+        max_key_bytes=config.max_key_bytes,
+    )

@@ -1,6 +1,7 @@
 """The stored record: what one replica keeps for one user key.
 
-Owns: the ``Record`` value type and its mapping to and from the fields of a Redis hash.
+Owns: the ``Record`` value type and its mapping to and from the fields of a Redis hash;
+``BatchRead``, the outcome of reading many.
 
 Invariants:
 - A record is immutable; a newer state of a key is a new record with a greater version.
@@ -12,9 +13,9 @@ Invariants:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from cachegrid.errors import ReplicaCorrupt
+from cachegrid.errors import CachegridError, ReplicaCorrupt
 from cachegrid.version import Version
 
 # Every user key lives under this prefix on a replica, so anti-entropy can scan just ours.
@@ -63,3 +64,11 @@ def decode(fields: list[bytes | None]) -> Record | None:
     except ValueError as error:
         raise ReplicaCorrupt(f"corrupt record: {error}") from error
     return Record(version, tombstone == b"1", value)
+
+
+@dataclass
+class BatchRead:
+    """The outcome of a multi-key read: a record (or None when absent) or an error, per key."""
+
+    records: dict[str, Record | None] = field(default_factory=dict)
+    errors: dict[str, CachegridError] = field(default_factory=dict)

@@ -268,7 +268,8 @@ class Replica:
 
         async def run() -> list[list[bytes]]:
             try:
-                return await self._set_if_newer(keys, args)
+                replies: list[list[bytes]] = await self._set_if_newer(keys, args)
+                return replies
             except rexc.ResponseError as error:
                 if len(items) == 1:
                     raise
@@ -286,11 +287,12 @@ class Replica:
     async def scan(self, cursor: int, count: int) -> tuple[int, list[str]]:
         """One SCAN step over this replica's cachegrid keys: (next cursor, user keys)."""
 
-        async def run() -> tuple[int, list[bytes]]:
+        async def run() -> tuple[int, list[bytes | str]]:
             return await self._redis.scan(cursor, match=KEY_PREFIX + b"*", count=count)
 
         next_cursor, stored = await self._call(run)
-        return int(next_cursor), [user_key(key) for key in stored]
+        # The client does not decode responses: every key is bytes.
+        return int(next_cursor), [user_key(key) for key in stored if isinstance(key, bytes)]
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from cachegrid.proof.history import (
+from cachegrid.version import ZERO, Version
+from tests.proof.history import (
     ABSENT,
     CAS,
     CREATE,
@@ -39,7 +40,6 @@ from cachegrid.proof.history import (
     WRITE,
     Op,
 )
-from cachegrid.version import ZERO, Version
 
 # A state is (the id of the op whose effect is current — a write, or a delete — or -1,
 # the highest known version among the writes linearized so far).

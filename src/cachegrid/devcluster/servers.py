@@ -1,6 +1,7 @@
-"""Real server processes on loopback: redis-server and etcd, for tests and ``cachegrid up``.
+"""Real server processes on loopback: redis-server, etcd and cache nodes, for ``cachegrid up``,
+the benchmarks and the tests (which add faults: tests/processes.py).
 
-Owns: how to start, probe, pause, kill, restart and stop a local redis-server or etcd
+Owns: how to start, probe, restart and stop a local redis-server, etcd or cachegrid node
 process, and how to pick free loopback ports for them.
 
 Invariants:
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -136,25 +136,6 @@ class ServerProcess:
                 self._popen.wait()
         self._popen = None
 
-    def kill(self) -> None:
-        """SIGKILL: a crash, with no chance to flush or clean up."""
-        if self._popen is not None:
-            self._popen.kill()
-            self._popen.wait()
-            self._popen = None
-
-    def pause(self) -> None:
-        self._signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self._signal(signal.SIGCONT)
-
-    def wipe(self) -> None:
-        """Delete the data directory (the process must be stopped): it restarts empty."""
-        if self.running:
-            raise RuntimeError(f"cannot wipe a running {self.name}")
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-
     def _signal(self, signum: int) -> None:
         if self._popen is not None and self._popen.poll() is None:
             os.kill(self._popen.pid, signum)
@@ -265,19 +246,6 @@ class EtcdServer(ServerProcess):
                 return b'"health":"true"' in response.read()
         except OSError:
             return False
-
-
-def etcd_cluster(
-    base_dir: Path, ports: PortAllocator, size: int, extra_args: tuple[str, ...] = ()
-) -> list[EtcdServer]:
-    """``size`` etcd members forming one cluster, not yet started."""
-    names = [f"etcd{i}" for i in range(size)]
-    peer_ports = [ports.take() for _ in names]
-    initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(names, peer_ports, strict=True))
-    return [
-        EtcdServer(base_dir / name, name, ports.take(), peer_port, initial, extra_args)
-        for name, peer_port in zip(names, peer_ports, strict=True)
-    ]
 
 
 def start_all(servers: list[ServerProcess], timeout: float = 20.0) -> None:

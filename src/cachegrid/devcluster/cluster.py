@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from cachegrid.servers import (
+from cachegrid.devcluster.servers import (
     EtcdServer,
     NodeProcess,
     RedisServer,
@@ -82,13 +82,18 @@ class LocalCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.manifest_path.unlink(missing_ok=True)
         (self.data_dir / "cachegrid.toml").write_text(self.config_toml())
-        start_all([*self.etcd, *self.redis])
+        self.start_processes()
+        self.manifest_path.write_bytes(orjson.dumps(self.manifest(), option=orjson.OPT_INDENT_2))
+
+    def start_processes(self) -> None:
+        """etcd and the replicas, then the nodes (once there is a store to judge and an
+        etcd to join); if anything fails to start, everything started is stopped."""
         try:
+            start_all([*self.etcd, *self.redis])
             start_all(list(self.nodes), timeout=60)
         except BaseException:
             self.stop()
             raise
-        self.manifest_path.write_bytes(orjson.dumps(self.manifest(), option=orjson.OPT_INDENT_2))
 
     def stop(self) -> None:
         self.manifest_path.unlink(missing_ok=True)
@@ -104,16 +109,17 @@ class LocalCluster:
             "admin_token": self.admin_token,
         }
 
-    def config_toml(self) -> str:
-        """A config file for this cluster, for nodes and tools pointed at it."""
+    def config_toml(self, *, store: str = "", node: str = "") -> str:
+        """A config file for this cluster, for nodes and tools pointed at it; ``store`` and
+        ``node`` are more lines for those sections."""
         etcd = ", ".join(f'"{e.endpoint}"' for e in self.etcd)
         redis = ", ".join(f'"{r.endpoint}"' for r in self.redis)
         appendfsync = self.redis[0].appendfsync if self.redis else "everysec"
         return (
-            f"# Written by `cachegrid up` for the cluster in {self.data_dir}.\n"
+            f"# Written for the local cluster in {self.data_dir}.\n"
             f"[etcd]\nendpoints = [{etcd}]\n\n"
-            f'[store]\nreplicas = [{redis}]\nappendfsync = "{appendfsync}"\n\n'
-            f'[node]\nadmin_token = "{self.admin_token}"\n'
+            f'[store]\nreplicas = [{redis}]\nappendfsync = "{appendfsync}"\n{store}\n'
+            f'[node]\nadmin_token = "{self.admin_token}"\n{node}'
         )
 
     def table(self) -> str:

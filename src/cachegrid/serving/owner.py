@@ -1,5 +1,4 @@
-"""The owner's read and write paths (DESIGN.md §4), independent of HTTP (except that a
-cache entry carries its headers pre-encoded, built by http/wire.py, so a hit sends bytes).
+"""The owner's read and write paths (DESIGN.md §4), independent of HTTP.
 
 Owns: what a node does with a request for a key it owns — cache hits, single-flight fills,
 per-key serialized writes with preconditions and versions — and how it releases keys on
@@ -26,25 +25,18 @@ Invariants:
   indeterminate (the key may be served elsewhere already), never as 200. One that finishes
   during a handoff is acknowledged: the handoff waits for it before the new owner can
   activate (``release``), and the entry is dropped.
-- A hit does no I/O and awaits nothing; at most it drops its key into the detector's
-  bounded queue (never waiting: a full queue skips the sample).
-- The inconsistency detector reports a stale hit only when it is certain: no write of the
-  key was in flight during its store read, the cached entry did not change, the node still
-  serves the key, and the store holds a newer version.
+- A hit does no I/O and awaits nothing; at most it offers its key to the inconsistency
+  detector (detector.py), which never waits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
-
-import orjson
 
 from cachegrid.batching import Batcher
 from cachegrid.errors import (
@@ -56,36 +48,17 @@ from cachegrid.errors import (
     VersionMismatch,
     WriteIndeterminate,
 )
-from cachegrid.http.wire import entry_head
-from cachegrid.localcache import ENTRY_OVERHEAD, Entry, LocalCache
+from cachegrid.localcache import Entry, LocalCache
 from cachegrid.metrics import Metrics
-from cachegrid.ring import Member, Ring
+from cachegrid.ring import Member
+from cachegrid.serving.detector import StaleDetector
+from cachegrid.serving.entry import make_entry
+from cachegrid.serving.ports import OwnerView, Store
 from cachegrid.singleflight import Group
-from cachegrid.store import Record, Store
-from cachegrid.version import ZERO, Version
+from cachegrid.store.record import Record
+from cachegrid.version import Version
 
 log = logging.getLogger(__name__)
-
-
-class OwnerView(Protocol):
-    """What the node needs from coordination (coord/coordinator.py implements it).
-
-    None of these does I/O except ``wait_active``, which only waits.
-    """
-
-    @property
-    def ring(self) -> Ring | None: ...
-
-    def can_serve(self, key: str) -> bool: ...
-
-    def lease_alive(self) -> bool:
-        """True before the local lease deadline (and while coordination is healthy)."""
-        ...
-
-    async def wait_active(self, key: str, hold: float) -> bool: ...
-
-    @property
-    def write_epoch(self) -> int: ...
 
 
 class NotOwner(Exception):
@@ -129,21 +102,6 @@ class _FillOutlived(Exception):
     """The fill completed under another activation than its own: answer nobody with it."""
 
 
-def make_entry(key: str, record: Record | None) -> Entry:
-    """The cache entry for a stored record (None: never written)."""
-    if record is None or record.tombstone:
-        version = record.version if record else ZERO
-        return Entry(version, True, b"", b"", len(key) + ENTRY_OVERHEAD)
-    version = str(record.version)
-    body = b"".join(
-        (b'{"key":', orjson.dumps(key), b',"value":', record.value,
-         b',"version":"', version.encode(), b'"}')
-    )  # fmt: skip
-    head = entry_head(f'"{version}"', len(body))
-    size = len(body) + len(head) + len(key) + ENTRY_OVERHEAD
-    return Entry(record.version, False, body, head, size)
-
-
 class Node:
     def __init__(
         self,
@@ -182,14 +140,11 @@ class Node:
         self._writes: Batcher[tuple[str, Record], Version] = Batcher(
             self._write_batch, max_batch=max_batch
         )
-        # The inconsistency detector re-reads one hit in ``stale_check_every`` (0: never).
-        # and at most ``stale_checks_per_second`` of them, whatever the load: one slot, and
-        # samples that find it taken are dropped.
-        self.stale_check_every = stale_check_every
-        self.stale_check_pause = 1.0 / stale_checks_per_second
-        self._hits = 0
-        self._samples: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
-        self._detector: asyncio.Task[None] | None = None
+        # Re-reads one hit in ``stale_check_every`` (0: never), at most
+        # ``stale_checks_per_second``; the composition root starts and stops it.
+        self.detector = StaleDetector(cache, store, owner, self.is_writing, self.metrics,
+                                      every=stale_check_every,
+                                      per_second=stale_checks_per_second)  # fmt: skip
 
     def __repr__(self) -> str:
         return (
@@ -206,7 +161,7 @@ class Node:
             entry = self.cache.get(key)
             if entry is not None:
                 self._hit.inc()
-                self._sample(key)
+                self.detector.sample(key)
                 return entry
         return None
 
@@ -364,48 +319,11 @@ class Node:
                 count += 1
         return count
 
-    # -- inconsistency detector -----------------------------------------------------------
-
-    def start_detector(self) -> None:
-        if self.stale_check_every > 0 and self._detector is None:
-            self._detector = asyncio.create_task(self._detect(), name="stale-detector")
-
-    async def stop_detector(self) -> None:
-        if self._detector is not None:
-            self._detector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._detector
-            self._detector = None
-
-    def _sample(self, key: str) -> None:
-        if not self.stale_check_every:
-            return
-        self._hits += 1
-        if self._hits % self.stale_check_every == 0:
-            with contextlib.suppress(asyncio.QueueFull):
-                self._samples.put_nowait(key)
-
-    async def _detect(self) -> None:
-        while True:
-            key = await self._samples.get()
-            with contextlib.suppress(StoreUnavailable):
-                if await self._is_stale(key):
-                    self.metrics.stale_hits.inc()
-                    log.error("stale cache hit detected for %r", key)
-            await asyncio.sleep(self.stale_check_pause)
-
-    async def _is_stale(self, key: str) -> bool:
-        """True only if the cached entry of ``key`` is certainly older than the store."""
-        before = self.cache.get(key)
-        if before is None or key in self._locks:
-            return False
-        self.metrics.stale_checks.inc()
-        record = await self.store.read(key)
-        unchanged = self.cache.get(key) is before and key not in self._locks
-        stored = record.version if record is not None else ZERO
-        return unchanged and self.owner.can_serve(key) and stored > before.version
-
     # -- helpers ------------------------------------------------------------------------
+
+    def is_writing(self, key: str) -> bool:
+        """True while a write of ``key`` is in flight or queued here."""
+        return key in self._locks
 
     def _keys_with_prefix(self, prefix: str) -> list[str]:
         return [key for key in self.cache.cached_keys() if key.startswith(prefix)]

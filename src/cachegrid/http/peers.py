@@ -1,4 +1,4 @@
-"""Forwarding a request to the key's owner over pooled keep-alive connections.
+"""Requests to other nodes (the serving layer's ``Peers``) over pooled keep-alive connections.
 
 Owns: the aiohttp client session to the other nodes, the hop limit, and the translation of
 transport failures into cachegrid errors. Knows nothing of caches or ownership.
@@ -12,25 +12,17 @@ Invariants:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import aiohttp
 
 from cachegrid import httpclient
 from cachegrid.errors import Indeterminate, Unavailable
+from cachegrid.headers import HOPS_HEADER
+from cachegrid.serving.ports import PeerAnswer
 
-HOPS_HEADER = "X-Cachegrid-Hops"
 MAX_HOPS = 2
 
 # Response headers passed back from the owner to the caller.
 PASSED_BACK = ("Content-Type", "ETag", "X-Cache", "X-Cachegrid-Node", "Retry-After")
-
-
-@dataclass(frozen=True, slots=True)
-class Forwarded:
-    status: int
-    headers: dict[str, str]
-    body: bytes
 
 
 class Forwarder:
@@ -63,7 +55,7 @@ class Forwarder:
         hops: int,
         body: bytes = b"",
         headers: dict[str, str] | None = None,
-    ) -> Forwarded:
+    ) -> PeerAnswer:
         """Send the request to the node at ``addr``; its answer, whatever the status."""
         if hops >= MAX_HOPS:
             raise Unavailable(f"not forwarded: already {hops} hops (the ring is changing)")
@@ -77,10 +69,10 @@ class Forwarder:
             ) as response:
                 payload = await response.read()
                 passed = {h: response.headers[h] for h in PASSED_BACK if h in response.headers}
-                return Forwarded(response.status, passed, payload)
-        except aiohttp.ClientConnectorError as error:
-            raise Unavailable(f"owner {addr} unreachable: {error.os_error}") from error
+                return PeerAnswer(response.status, passed, payload)
         except (aiohttp.ClientError, TimeoutError) as error:
+            if not httpclient.may_have_been_sent(error):
+                raise Unavailable(f"owner {addr} unreachable: {error}") from error
             if writing:
                 raise Indeterminate(
                     f"forwarded write to {addr} failed after it may have been applied: "

@@ -6,12 +6,16 @@ import asyncio
 import json
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from cachegrid import admin_client, app, cluster, config
+from cachegrid import app, config
+from cachegrid.cli import admin_client
 from cachegrid.coord.coordinator import DuplicateNodeId
+from cachegrid.devcluster import cluster
 
 
 @click.group()
@@ -142,7 +146,8 @@ def admin(
     ctx.obj = {"url": url, "token": token, "cluster": cluster_json, "json": as_json}
 
 
-def _admin(ctx: click.Context, method: str, path: str, body: object, render) -> None:  # noqa: ANN001
+def _admin(ctx: click.Context, method: str, path: str, body: object,
+           render: Callable[[dict[str, Any]], str]) -> None:  # fmt: skip
     options = ctx.obj
     try:
         url, token = admin_client.target(options["url"], options["token"], options["cluster"])

@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 
 from cachegrid import httpclient
-from cachegrid.proof.history import (
+from tests.proof.history import (
     ABSENT,
     CAS,
     CREATE,
@@ -120,10 +120,11 @@ class Recorder:
             async with http.request(method, f"{url}/v1/kv/{quote(key, safe='')}", data=data,
                                     headers=headers) as response:  # fmt: skip
                 status, body = response.status, await response.read()
-        except aiohttp.ClientConnectorError:
-            status, body, note = -1, b"", "connection refused"
         except (aiohttp.ClientError, TimeoutError) as error:
-            status, body, note = 0, b"", type(error).__name__  # sent, and then lost
+            if httpclient.may_have_been_sent(error):
+                status, body, note = 0, b"", type(error).__name__  # sent, and then lost
+            else:
+                status, body, note = -1, b"", "connection refused"
         completed = time.monotonic()
         outcome, version, read_value = _classify(kind, status, body)
         if status not in (200, 404, 412) and not note:

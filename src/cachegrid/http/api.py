@@ -1,0 +1,240 @@
+"""The public HTTP API of a cache node (DESIGN.md §7): the key-value, ring and ops routes.
+
+Owns: turning HTTP requests into calls on the serving layer (``Node`` for keys this node
+serves, ``Router`` for the others) and their answers into responses.
+
+Invariants:
+- A request is validated (key, content type, size before reading the body, JSON shape,
+  headers) before anything is applied, so a rejected request changes nothing; errors are
+  JSON (http/framework.py).
+- Every response names the node that served it as owner (``X-Cachegrid-Node``), forwarded
+  or not; a forwarded one also carries this node's ring epoch (``X-Cachegrid-Epoch``) so a
+  client can tell its routing was stale.
+- No business logic here: ownership, caching and versions live in the serving layer.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import orjson
+from aiohttp import web
+
+from cachegrid.errors import BadRequest, NotFound, TooLarge, Unavailable
+from cachegrid.headers import EPOCH_HEADER, JSON, NODE_HEADER
+from cachegrid.http.framework import (
+    Admission,
+    Answer,
+    Table,
+    add_table,
+    error_response,
+    hops,
+    json_response,
+    read_json,
+)
+from cachegrid.http.wire import EncodedResponse, HitPrefix, usable
+from cachegrid.keys import check_key
+from cachegrid.localcache import Entry
+from cachegrid.ring import Ring
+from cachegrid.serving.owner import ANY, Condition, Node, NotOwner
+from cachegrid.serving.ports import PeerAnswer
+from cachegrid.serving.routing import Router
+from cachegrid.version import Version
+
+# Room for the {"value": ...} envelope around the largest value.
+ENVELOPE_BYTES = 64 * 1024
+# Request headers forwarded to the owner with the request.
+FORWARDED = ("Content-Type", "If-Match", "If-None-Match")
+
+
+class Readiness(Protocol):
+    """What the public routes need of coordination (coord/coordinator.py implements it)."""
+
+    @property
+    def ring(self) -> Ring | None: ...
+
+    def ready(self) -> bool: ...
+
+    def status(self) -> dict[str, object]: ...
+
+
+class Api:
+    def __init__(
+        self,
+        node: Node,
+        coordinator: Readiness,
+        router: Router,
+        *,
+        max_key_bytes: int,
+        max_value_bytes: int,
+        max_batch: int = 1000,
+        max_in_flight: int = 4096,
+    ) -> None:
+        self.node = node
+        self.admission = Admission(max_in_flight)
+        self.coordinator = coordinator
+        self.router = router
+        self.max_key_bytes = max_key_bytes
+        self.max_value_bytes = max_value_bytes
+        self.max_batch = max_batch
+        self.node_id = node.node_id
+        self._hit_prefix = HitPrefix(self.node_id, "hit")
+        self._miss_prefix = HitPrefix(self.node_id, "miss")
+
+    def add_routes(self, app: web.Application) -> None:
+        """Every route, each with a JSON 405 for other methods; a JSON 404 for the rest."""
+        public: Table = [
+            ("/v1/kv/{key:.*}", {"GET": self.get, "PUT": self.put, "DELETE": self.delete}),
+            ("/v1/kv:batchGet", {"POST": self.batch_get}),
+            ("/v1/ring", {"GET": self.ring}),
+        ]
+        operations: Table = [
+            ("/healthz", {"GET": self.healthz}),
+            ("/readyz", {"GET": self.readyz}),
+            ("/metrics", {"GET": self.metrics_page}),
+        ]
+        add_table(app, public, self.node_id, self.node.metrics, self.admission)
+        add_table(app, operations, self.node_id, self.node.metrics)
+
+    async def metrics_page(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self.node.metrics.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4"})  # fmt: skip
+
+    # -- key-value --------------------------------------------------------------------
+
+    async def get(self, request: web.Request) -> Answer:
+        key = request.match_info["key"]
+        entry = self.node.hit(key)  # the hot path: no validation needed, nothing awaited
+        hit = entry is not None
+        if entry is None:
+            check_key(key, self.max_key_bytes)
+            try:
+                entry, hit = await self.node.get(key)
+            except NotOwner as moved:
+                answer = await self.router.forward_get(key, moved, hops(request))
+                return forwarded(answer, moved)
+        if entry.tombstone:
+            error = NotFound(f"no such key: {key[:100]}")
+            return error_response(error, self.node_id, "hit" if hit else "miss")
+        return self._found(request, entry, hit)
+
+    def _found(self, request: web.Request, entry: Entry, hit: bool) -> Answer:
+        """The 200 answer: pre-encoded bytes where HTTP/1.1 keep-alive allows (http/wire.py,
+        the fast path), else an ordinary response with the same headers."""
+        cache = "hit" if hit else "miss"
+        if usable(request):
+            prefix = (self._hit_prefix if hit else self._miss_prefix).current()
+            return EncodedResponse(b"".join((prefix, entry.head, entry.body)), cache)
+        return web.Response(
+            body=entry.body,
+            content_type=JSON,
+            headers={"ETag": entry.etag, "X-Cache": cache, NODE_HEADER: self.node_id},
+        )
+
+    async def put(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        check_key(key, self.max_key_bytes)
+        document = await read_json(request, self.max_value_bytes + ENVELOPE_BYTES)
+        if not isinstance(document, dict) or "value" not in document:
+            raise BadRequest('the body must be a JSON object with a "value" member')
+        value = orjson.dumps(document["value"])
+        if len(value) > self.max_value_bytes:
+            raise TooLarge(f"value is {len(value)} bytes, the limit is {self.max_value_bytes}")
+        condition = parse_condition(request)
+        try:
+            version = await self.node.put(key, value, condition)
+        except NotOwner as moved:
+            return await self._forward(request, moved, await request.read())
+        return self._written(key, version)
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        check_key(key, self.max_key_bytes)
+        condition = parse_condition(request)
+        if condition.absent:
+            raise BadRequest("If-None-Match is not supported on DELETE")
+        try:
+            version = await self.node.delete(key, condition)
+        except NotOwner as moved:
+            return await self._forward(request, moved)
+        return self._written(key, version)
+
+    async def batch_get(self, request: web.Request) -> web.StreamResponse:
+        document = await read_json(request, self.max_value_bytes + ENVELOPE_BYTES)
+        keys = document.get("keys") if isinstance(document, dict) else None
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise BadRequest('the body must be {"keys": [<string>, ...]}')
+        detail = document.get("detail", False)
+        if not isinstance(detail, bool):
+            raise BadRequest('"detail" must be true or false')
+        if len(keys) > self.max_batch:
+            raise TooLarge(f"{len(keys)} keys in one batch, the limit is {self.max_batch}")
+        for key in keys:
+            check_key(key, self.max_key_bytes)
+        items = await self.router.batch_items(keys, hops(request), detail)
+        body = orjson.dumps({"items": [items[key] for key in keys]})
+        return web.Response(body=body, content_type=JSON, headers={NODE_HEADER: self.node_id})
+
+    # -- ring and health ----------------------------------------------------------------
+
+    async def ring(self, request: web.Request) -> web.StreamResponse:
+        ring = self.coordinator.ring
+        if ring is None:
+            raise Unavailable("this node has no ring yet")
+        return json_response(ring.describe(), self.node_id)
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return json_response({"status": "ok"}, self.node_id)
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        if not self.coordinator.ready():
+            raise Unavailable("not ready: no live lease or no active ring yet")
+        return json_response({"status": "ready", **self.coordinator.status()}, self.node_id)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _written(self, key: str, version: Version) -> web.Response:
+        return web.Response(
+            body=orjson.dumps({"key": key, "version": str(version)}),
+            content_type=JSON,
+            headers={"ETag": f'"{version}"', NODE_HEADER: self.node_id},
+        )
+
+    async def _forward(
+        self, request: web.Request, moved: NotOwner, body: bytes = b""
+    ) -> web.Response:
+        headers = {h: request.headers[h] for h in FORWARDED if h in request.headers}
+        answer = await self.router.forward(
+            request.method, moved, request.path_qs, hops=hops(request), body=body, headers=headers
+        )
+        return forwarded(answer, moved)
+
+
+def forwarded(answer: PeerAnswer, moved: NotOwner) -> web.Response:
+    """The owner's answer, passed back with this node's ring epoch."""
+    response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+    response.headers[EPOCH_HEADER] = str(moved.epoch)
+    return response
+
+
+def parse_condition(request: web.Request) -> Condition:
+    """The write's precondition from If-Match / If-None-Match; BadRequest if malformed."""
+    if_match = request.headers.get("If-Match")
+    if_none_match = request.headers.get("If-None-Match")
+    if if_match is not None and if_none_match is not None:
+        raise BadRequest("use either If-Match or If-None-Match, not both")
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            raise BadRequest('If-None-Match supports only "*"')
+        return Condition(absent=True)
+    if if_match is None:
+        return ANY
+    text = if_match.strip()
+    if text == "*":
+        return Condition(exists=True)
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        raise BadRequest('If-Match must be one quoted version, as in ETag: "12.3"')
+    try:
+        return Condition(version=Version.parse(text[1:-1]))
+    except ValueError as error:
+        raise BadRequest(f"If-Match: {error}") from error

@@ -1,0 +1,181 @@
+"""The small route framework every HTTP route of a node runs in (public, ops and admin).
+
+Owns: registering routes with a JSON 405 for other methods and a JSON 404 for unknown
+paths; the guard around every handler (errors turned into JSON answers, latency and status
+metrics, request admission); reading a JSON body within a size limit; the JSON error shape.
+
+Invariants:
+- Never a 500 for any input, never a stack trace: a ``CachegridError`` becomes its JSON
+  answer with its status; anything else is a bug, logged, and answered as a JSON 500
+  without details.
+- Every answer names this node (``X-Cachegrid-Node``); 429 and 503 carry ``Retry-After``.
+- Admission: with an ``Admission``, a route refuses with 429 at once while the node already
+  works on ``limit`` requests, so overload sheds requests instead of queueing them.
+- A JSON body is refused before it is read if its declared length is over the limit (413),
+  and with 415 if its Content-Type is not application/json.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import orjson
+from aiohttp import web
+
+from cachegrid.errors import (
+    BadRequest,
+    CachegridError,
+    MethodNotAllowed,
+    NotFound,
+    Overloaded,
+    TooLarge,
+    UnsupportedMediaType,
+)
+from cachegrid.headers import HOPS_HEADER, JSON, NODE_HEADER
+from cachegrid.http.wire import EncodedResponse
+from cachegrid.metrics import Count, Metrics
+
+log = logging.getLogger(__name__)
+
+Answer = web.StreamResponse | EncodedResponse
+Handler = Callable[[web.Request], Awaitable[Answer]]
+AiohttpHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Table = list[tuple[str, dict[str, Handler]]]
+
+
+class Admission:
+    """Bounds the requests a node works on at once (see the module's invariants)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.current = 0  # requests admitted and not yet answered
+
+
+def add_table(app: web.Application, table: Table, node_id: str, metrics: Metrics,
+              admission: Admission | None = None) -> None:  # fmt: skip
+    """Add every (path, {method: handler}), each with a JSON 405 for other methods."""
+    for path, methods in table:
+        for method, handler in methods.items():
+            wrapped = guarded(handler, node_id, f"{method} {path}", metrics, admission)
+            # aiohttp's type says StreamResponse; an EncodedResponse has what its request
+            # handler uses of one (http/wire.py).
+            app.router.add_route(method, path, cast(AiohttpHandler, wrapped))
+        app.router.add_route("*", path, cast(AiohttpHandler, method_not_allowed(sorted(methods))))
+
+
+def add_not_found(app: web.Application) -> None:
+    """The JSON 404 for every path no route took; add it after every other route."""
+    app.router.add_route("*", "/{tail:.*}", not_found)
+
+
+def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics,
+            admission: Admission | None) -> Handler:  # fmt: skip
+    """The handler, with every error turned into its JSON response, measured, and (with
+    ``admission``) refused with 429 while the node already works on too many requests."""
+    latency = {cache: metrics.requests.labels(route, cache) for cache in ("hit", "miss", "")}
+    responses: dict[int, Count] = {}
+
+    def record(status: int, cache: str, started: float) -> None:
+        latency[cache].observe(time.perf_counter() - started)
+        counter = responses.get(status)
+        if counter is None:
+            counter = responses[status] = metrics.responses.labels(route, str(status))
+        counter.inc()
+
+    async def run(request: web.Request) -> Answer:
+        response: Answer
+        started = time.perf_counter()
+        if admission is not None:
+            if admission.current >= admission.limit:
+                response = error_response(Overloaded("too many requests in flight"), node_id)
+                record(response.status, "", started)
+                return response
+            admission.current += 1
+        try:
+            response = await handler(request)
+        except CachegridError as error:
+            response = error_response(error, node_id)
+        except Exception:
+            log.exception("bug: unexpected error in %s %s", request.method, request.path)
+            response = web.Response(
+                status=500,
+                body=b'{"error":{"code":"internal","message":"internal error"}}',
+                content_type=JSON,
+            )
+        finally:
+            if admission is not None:
+                admission.current -= 1
+        if isinstance(response, EncodedResponse):
+            cache = response.cache
+        else:
+            cache = response.headers.get("X-Cache", "")
+        record(response.status, cache if cache in latency else "", started)
+        return response
+
+    return run
+
+
+async def read_json(request: web.Request, limit: int, *, optional: bool = False) -> Any:
+    """The request's JSON body, read only if it fits ``limit`` bytes. With ``optional``, a
+    request without a body reads as ``{}``."""
+    if optional and not request.can_read_body:
+        return {}
+    if request.content_type != JSON:
+        raise UnsupportedMediaType(f"Content-Type must be {JSON}")
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"body of {request.content_length} bytes, the limit is {limit}")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as error:
+        raise TooLarge(f"body over the limit of {limit} bytes") from error
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"the body is not valid JSON: {error}") from error
+
+
+def hops(request: web.Request) -> int:
+    """How many times the request was forwarded already (``X-Cachegrid-Hops``)."""
+    try:
+        return int(request.headers.get(HOPS_HEADER, "0"))
+    except ValueError as error:
+        raise BadRequest(f"{HOPS_HEADER} must be an integer") from error
+
+
+def error_body(error: CachegridError) -> bytes:
+    return orjson.dumps({"error": {"code": error.code, "message": error.message}})
+
+
+def error_response(error: CachegridError, node_id: str, cache: str | None = None) -> web.Response:
+    headers = {NODE_HEADER: node_id}
+    if cache is not None:
+        headers["X-Cache"] = cache
+    if error.status in (429, 503):
+        headers["Retry-After"] = "1"
+    return web.Response(
+        status=error.status, body=error_body(error), content_type=JSON, headers=headers
+    )
+
+
+def json_response(document: Any, node_id: str) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(document), content_type=JSON, headers={NODE_HEADER: node_id}
+    )
+
+
+def method_not_allowed(allowed: list[str]) -> Handler:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        error = MethodNotAllowed(f"{request.method} not allowed; use {', '.join(allowed)}")
+        response = web.Response(status=405, body=error_body(error), content_type=JSON)
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    return answer
+
+
+async def not_found(request: web.Request) -> web.StreamResponse:
+    error = NotFound(f"no route {request.method} {request.path[:200]}")
+    return web.Response(status=404, body=error_body(error), content_type=JSON)

@@ -1,0 +1,157 @@
+"""Routing: serve a key here or ask its owner, with forwarded GETs batched per owner.
+
+Owns: what a node does with a request for a key it does not own — forwarding it (through
+``Peers``) and passing the owner's answer back — and batchGet's fan-out: the keys served
+here, the rest asked of each owner in one batch.
+
+Invariants:
+- A forwarded answer is the owner's own, as bytes: status, body and the headers peers pass
+  back; the HTTP layer adds only this node's ring epoch.
+- GETs forwarded to one owner in the same loop turn travel as one batchGet (``detail``),
+  each answered as if it had been forwarded alone (``answer_of``).
+- The table of per-owner batchers is bounded (``MAX_OWNER_BATCHERS``): addresses of departed
+  members do not pile up.
+- batchGet returns one result per distinct key; an owner's failure becomes an error item
+  for each of its keys, never a failed batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+import orjson
+
+from cachegrid.batching import Batcher
+from cachegrid.errors import CachegridError, NotFound, Unavailable, status_of
+from cachegrid.headers import JSON, NODE_HEADER
+from cachegrid.ring import Member
+from cachegrid.serving.owner import Node, NotOwner
+from cachegrid.serving.ports import PeerAnswer, Peers
+
+# GETs forwarded to one owner in one batch at most.
+FORWARD_BATCH = 64
+# Owner batchers kept (one per owner address and hop count) before they are all dropped.
+MAX_OWNER_BATCHERS = 256
+
+
+class Router:
+    def __init__(self, node: Node, peers: Peers) -> None:
+        self.node = node
+        self.peers = peers
+        self.node_id = node.node_id
+        self._owner_reads: dict[tuple[str, int], Batcher[str, PeerAnswer]] = {}
+        self._forward_batch_keys = node.metrics.batch_keys.labels("forward_get")
+
+    async def forward(self, method: str, moved: NotOwner, path: str, *, hops: int,
+                      body: bytes = b"", headers: dict[str, str] | None = None,
+                      ) -> PeerAnswer:  # fmt: skip
+        """The request, sent to the key's owner; its answer."""
+        self.node.metrics.forwarded.inc()
+        return await self.peers.forward(method, moved.owner.addr, path, hops=hops, body=body,
+                                        headers=headers)  # fmt: skip
+
+    async def forward_get(self, key: str, moved: NotOwner, hops: int) -> PeerAnswer:
+        """A GET for a key another node owns, batched with the others to that owner."""
+        self.node.metrics.forwarded.inc()
+        batcher = self._owner_reads.get((moved.owner.addr, hops))
+        if batcher is None:
+            if len(self._owner_reads) >= MAX_OWNER_BATCHERS:
+                # Addresses of departed members pile up; a batch in flight keeps running.
+                self._owner_reads.clear()
+            fetch = functools.partial(self._fetch_from_owner, moved.owner, hops)
+            batcher = Batcher(fetch, max_batch=FORWARD_BATCH)
+            self._owner_reads[(moved.owner.addr, hops)] = batcher
+        return await batcher.submit(key)
+
+    async def batch_items(self, keys: list[str], hops: int, detail: bool) -> dict[str, Any]:
+        """One result per distinct key: served here, or asked of its owner in one batch.
+        With ``detail``, each also says which node served it and, if read, hit or miss."""
+        items: dict[str, Any] = {}
+        remote: dict[str, list[str]] = {}
+        served_here = {"node": self.node_id} if detail else {}
+
+        async def local(key: str) -> None:
+            try:
+                entry, hit = await self.node.get(key)
+            except NotOwner as moved:
+                remote.setdefault(moved.owner.addr, []).append(key)
+                return
+            except CachegridError as error:
+                items[key] = error_item(key, error) | served_here
+                return
+            cache = {"cache": "hit" if hit else "miss"} if detail else {}
+            if entry.tombstone:
+                items[key] = (
+                    error_item(key, NotFound(f"no such key: {key[:100]}")) | served_here | cache
+                )
+            elif detail:  # the entry's body is a JSON object: extend it in place
+                extra = orjson.dumps(served_here | cache)
+                items[key] = orjson.Fragment(entry.body[:-1] + b"," + extra[1:])
+            else:
+                items[key] = orjson.Fragment(entry.body)
+
+        await asyncio.gather(*(local(key) for key in dict.fromkeys(keys)))
+        await asyncio.gather(
+            *(self._remote_batch(a, ks, hops, detail, items) for a, ks in remote.items())
+        )
+        return items
+
+    async def _remote_batch(
+        self, addr: str, keys: list[str], hops: int, detail: bool, items: dict[str, Any]
+    ) -> None:
+        try:
+            answer = await self._batch_get_at(addr, keys, hops, detail)
+            if answer.status != 200:
+                raise Unavailable(f"owner {addr} answered {answer.status}")
+            for item in orjson.loads(answer.body)["items"]:
+                items[item["key"]] = item
+        except CachegridError as error:
+            for key in keys:
+                items[key] = error_item(key, error) | ({"node": self.node_id} if detail else {})
+
+    async def _batch_get_at(
+        self, addr: str, keys: list[str], hops: int, detail: bool
+    ) -> PeerAnswer:
+        """POST /v1/kv:batchGet to the node at ``addr``; its answer, whatever the status."""
+        return await self.peers.forward(
+            "POST", addr, "/v1/kv:batchGet", hops=hops,
+            body=orjson.dumps({"keys": keys, "detail": detail}), headers={"Content-Type": JSON},
+        )  # fmt: skip
+
+    async def _fetch_from_owner(
+        self, owner: Member, hops: int, keys: list[str]
+    ) -> list[PeerAnswer]:
+        self._forward_batch_keys.observe(len(keys))
+        answer = await self._batch_get_at(owner.addr, keys, hops, detail=True)
+        if answer.status != 200:  # the owner refused the whole batch: each request, alike
+            return [answer] * len(keys)
+        try:
+            answers = [answer_of(i, owner.node_id) for i in orjson.loads(answer.body)["items"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+            raise Unavailable(f"owner {owner.node_id} sent a malformed batch: {error}") from error
+        if len(answers) != len(keys):
+            raise Unavailable(f"owner {owner.node_id} answered {len(answers)} of {len(keys)} keys")
+        return answers
+
+
+def answer_of(item: dict[str, Any], owner_id: str) -> PeerAnswer:
+    """The answer a GET forwarded alone would have had, from its batchGet ``detail`` item
+    (an item without "node" comes from a node that predates ``detail``: the owner's)."""
+    headers = {"Content-Type": JSON, NODE_HEADER: item.get("node", owner_id)}
+    if "cache" in item:
+        headers["X-Cache"] = item["cache"]
+    if "error" in item:
+        status = status_of(item["error"]["code"])
+        if status in (429, 503):
+            headers["Retry-After"] = "1"
+        return PeerAnswer(status, headers, orjson.dumps({"error": item["error"]}))
+    headers["ETag"] = f'"{item["version"]}"'
+    body = {"key": item["key"], "value": item["value"], "version": item["version"]}
+    return PeerAnswer(200, headers, orjson.dumps(body))
+
+
+def error_item(key: str, error: CachegridError) -> dict[str, Any]:
+    """A batchGet item for a key that has no value to show."""
+    return {"key": key, "error": {"code": error.code, "message": error.message}}
