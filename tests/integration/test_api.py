@@ -123,12 +123,12 @@ BAD_REQUESTS = [
     ("PUT", "/v1/kv/a", {"Content-Type": "application/json"}, b"", 400, "bad_request"),
     ("PUT", "/v1/kv/a", {"Content-Type": "application/json", "If-Match": "12.3"},
      b'{"value": 1}', 400, "bad_request"),
-    ("PUT", "/v1/kv/a", {"Content-Type": "application/json", "If-Match": '"1.01"'},
+    ("PUT", "/v1/kv/a", {"Content-Type": "application/json", "If-Match": '"1.1",'},
      b'{"value": 1}', 400, "bad_request"),
-    ("PUT", "/v1/kv/a", {"Content-Type": "application/json", "If-None-Match": '"1.1"'},
+    ("PUT", "/v1/kv/a", {"Content-Type": "application/json", "If-Match": '"1.1"x'},
      b'{"value": 1}', 400, "bad_request"),
-    ("PUT", "/v1/kv/a", {"Content-Type": "application/json", "If-None-Match": "*",
-                         "If-Match": '"1.1"'}, b'{"value": 1}', 400, "bad_request"),
+    ("DELETE", "/v1/kv/a", {"If-None-Match": "W/"}, b"", 400, "bad_request"),
+    ("GET", "/v1/kv/a", {"If-None-Match": '"a" "b"'}, b"", 400, "bad_request"),
     ("PUT", "/v1/kv/a", {"Content-Type": "application/json"},
      b'{"value": "' + b"x" * 70000 + b'"}', 413, "too_large"),
     ("PUT", "/v1/kv/a", {"Content-Type": "application/json"},
@@ -148,7 +148,6 @@ BAD_REQUESTS = [
      "bad_request"),
     ("POST", "/v1/kv:batchGet", {"Content-Type": "application/json"},
      orjson.dumps({"keys": [f"k{i}" for i in range(1001)]}), 413, "too_large"),
-    ("DELETE", "/v1/kv/a", {"If-None-Match": "*"}, b"", 400, "bad_request"),
 ]  # fmt: skip
 
 
@@ -169,6 +168,58 @@ async def test_bad_input_gets_a_json_error_and_changes_nothing(
     # Nothing reached any replica either, for any key (a read that filled, wrote back or
     # repaired something for a key it should have refused would show here).
     assert store_contents(cluster) == stored
+
+
+async def test_conditional_requests_follow_rfc_9110(http, cluster) -> None:
+    """Versions are opaque entity tags (RFC 9110 §13): a well-formed tag that is not
+    current fails (412), never 400; If-Match compares strongly, If-None-Match weakly; a GET
+    answers 304 when If-None-Match matches, through the owner and through a forward."""
+    ring = await ring_of(http, cluster)
+    key = next(k for k in (f"cond-{i}" for i in range(100)) if ring.owner(k) == "node0")
+    owner, other = cluster.urls[0], cluster.urls[1]
+    url = f"{owner}/v1/kv/{key}"
+    status, _, body = await call(http, "PUT", url, json={"value": 1})
+    v1 = body["version"]
+
+    async def put(headers, value=2):
+        return await call(http, "PUT", url, json={"value": value}, headers=headers)
+
+    for tag in ('"1.01"', f'W/"{v1}"', '"not-a-version"'):
+        status, _, body = await put({"If-Match": tag})
+        assert (status, body["error"]["code"]) == (412, "version_mismatch"), (tag, body)
+    status, _, body = await put({"If-Match": f'"0.1", "{v1}"'})  # a list: one matches
+    assert status == 200, body
+    v2 = body["version"]
+    status, _, body = await call(http, "PUT", f"{owner}/v1/kv/{key}-absent", json={"value": 1},
+                                 headers={"If-Match": f'"{v2}"'})  # fmt: skip
+    assert status == 412
+    assert "does not exist" in body["error"]["message"]
+    assert (await put({"If-None-Match": f'"{v2}"'}))[0] == 412
+    assert (await put({"If-Match": f'"{v2}"', "If-None-Match": f'W/"{v2}"'}))[0] == 412
+    delete = await call(http, "DELETE", f"{owner}/v1/kv/{key}", headers={"If-None-Match": "*"})
+    assert delete[0] == 412
+
+    for base in (owner, other):  # answered by the owner, and by a node that forwards
+        read = f"{base}/v1/kv/{key}"
+        for tag in (f'"{v2}"', f'W/"{v2}"', f'"x", "{v2}"', "*"):
+            async with http.get(read, headers={"If-None-Match": tag}) as response:
+                assert response.status == 304, (base, tag)
+                assert response.headers["ETag"] == f'"{v2}"'
+                assert response.headers["X-Cachegrid-Node"] == "node0"
+                assert await response.read() == b""
+        status, _, body = await call(http, "GET", read, headers={"If-None-Match": '"x"'})
+        assert (status, body["value"]) == (200, 2)
+        assert (await call(http, "GET", read, headers={"If-Match": '"x"'}))[0] == 412
+        assert (await call(http, "GET", read, headers={"If-Match": f'"{v2}"'}))[0] == 200
+        missing = f"{base}/v1/kv/{key}-absent"
+        assert (await call(http, "GET", missing, headers={"If-None-Match": "*"}))[0] == 404
+        assert (await call(http, "GET", missing, headers={"If-Match": "*"}))[0] == 412
+        async with http.head(read) as response:
+            assert response.status == 200
+            assert response.headers["ETag"] == f'"{v2}"'
+            assert await response.read() == b""
+        async with http.head(missing) as response:
+            assert response.status == 404
 
 
 def store_contents(cluster) -> list[dict[bytes, dict[bytes, bytes]]]:

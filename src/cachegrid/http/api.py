@@ -20,8 +20,9 @@ from typing import Protocol
 import orjson
 from aiohttp import web
 
-from cachegrid.errors import BadRequest, NotFound, TooLarge, Unavailable
+from cachegrid.errors import BadRequest, NotFound, TooLarge, Unavailable, VersionMismatch
 from cachegrid.headers import EPOCH_HEADER, JSON, NODE_HEADER
+from cachegrid.http.conditions import condition_of
 from cachegrid.http.framework import (
     Admission,
     Answer,
@@ -36,13 +37,15 @@ from cachegrid.http.wire import EncodedResponse, HitPrefix, usable
 from cachegrid.keys import check_key
 from cachegrid.localcache import Entry
 from cachegrid.ring import Ring
-from cachegrid.serving.owner import ANY, Condition, Node, NotOwner
+from cachegrid.serving.owner import Condition, Node, NotOwner
 from cachegrid.serving.ports import PeerAnswer
 from cachegrid.serving.routing import Router
 from cachegrid.version import Version
 
 # Room for the {"value": ...} envelope around the largest value.
 ENVELOPE_BYTES = 64 * 1024
+# Headers a 304 keeps from the 200 it stands for (RFC 9110 §15.4.5).
+NOT_MODIFIED_HEADERS = ("ETag", "X-Cache", NODE_HEADER, EPOCH_HEADER)
 # Request headers forwarded to the owner with the request.
 FORWARDED = ("Content-Type", "If-Match", "If-None-Match")
 
@@ -84,7 +87,10 @@ class Api:
     def add_routes(self, app: web.Application) -> None:
         """Every route, each with a JSON 405 for other methods; a JSON 404 for the rest."""
         public: Table = [
-            ("/v1/kv/{key:.*}", {"GET": self.get, "PUT": self.put, "DELETE": self.delete}),
+            (
+                "/v1/kv/{key:.*}",
+                {"GET": self.get, "HEAD": self.get, "PUT": self.put, "DELETE": self.delete},
+            ),
             ("/v1/kv:batchGet", {"POST": self.batch_get}),
             ("/v1/ring", {"GET": self.ring}),
         ]
@@ -103,6 +109,14 @@ class Api:
     # -- key-value --------------------------------------------------------------------
 
     async def get(self, request: web.Request) -> Answer:
+        """GET and HEAD. With If-Match / If-None-Match, the answer is judged against them
+        (RFC 9110 §13.1): 412 if If-Match fails, 304 if If-None-Match does."""
+        headers = request.headers
+        if "If-None-Match" in headers or "If-Match" in headers:
+            return await self._conditional_get(request, parse_condition(request))
+        return await self._get(request)
+
+    async def _get(self, request: web.Request, *, encoded: bool = True) -> Answer:
         key = request.match_info["key"]
         entry = self.node.hit(key)  # the hot path: no validation needed, nothing awaited
         hit = entry is not None
@@ -116,13 +130,28 @@ class Api:
         if entry.tombstone:
             error = NotFound(f"no such key: {key[:100]}")
             return error_response(error, self.node_id, "hit" if hit else "miss")
-        return self._found(request, entry, hit)
+        return self._found(request, entry, hit, encoded)
 
-    def _found(self, request: web.Request, entry: Entry, hit: bool) -> Answer:
+    async def _conditional_get(self, request: web.Request, condition: Condition) -> Answer:
+        answer = await self._get(request, encoded=False)
+        assert not isinstance(answer, EncodedResponse)
+        if answer.status not in (200, 404):
+            return answer  # a failure (503, 504...) passes through
+        etag = answer.headers.get("ETag") if answer.status == 200 else None
+        tag = etag[1:-1] if etag else None
+        if reason := condition.if_match_fails(tag):
+            raise VersionMismatch(reason)
+        if condition.if_none_match_fails(tag) is None:
+            return answer
+        kept = {name: answer.headers[name] for name in NOT_MODIFIED_HEADERS
+                if name in answer.headers}  # fmt: skip
+        return web.Response(status=304, headers=kept)
+
+    def _found(self, request: web.Request, entry: Entry, hit: bool, encoded: bool) -> Answer:
         """The 200 answer: pre-encoded bytes where HTTP/1.1 keep-alive allows (http/wire.py,
         the fast path), else an ordinary response with the same headers."""
         cache = "hit" if hit else "miss"
-        if usable(request):
+        if encoded and usable(request):
             prefix = (self._hit_prefix if hit else self._miss_prefix).current()
             return EncodedResponse(b"".join((prefix, entry.head, entry.body)), cache)
         return web.Response(
@@ -151,8 +180,6 @@ class Api:
         key = request.match_info["key"]
         check_key(key, self.max_key_bytes)
         condition = parse_condition(request)
-        if condition.absent:
-            raise BadRequest("If-None-Match is not supported on DELETE")
         try:
             version = await self.node.delete(key, condition)
         except NotOwner as moved:
@@ -218,23 +245,5 @@ def forwarded(answer: PeerAnswer, moved: NotOwner) -> web.Response:
 
 
 def parse_condition(request: web.Request) -> Condition:
-    """The write's precondition from If-Match / If-None-Match; BadRequest if malformed."""
-    if_match = request.headers.get("If-Match")
-    if_none_match = request.headers.get("If-None-Match")
-    if if_match is not None and if_none_match is not None:
-        raise BadRequest("use either If-Match or If-None-Match, not both")
-    if if_none_match is not None:
-        if if_none_match.strip() != "*":
-            raise BadRequest('If-None-Match supports only "*"')
-        return Condition(absent=True)
-    if if_match is None:
-        return ANY
-    text = if_match.strip()
-    if text == "*":
-        return Condition(exists=True)
-    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
-        raise BadRequest('If-Match must be one quoted version, as in ETag: "12.3"')
-    try:
-        return Condition(version=Version.parse(text[1:-1]))
-    except ValueError as error:
-        raise BadRequest(f"If-Match: {error}") from error
+    """The request's precondition from If-Match / If-None-Match; BadRequest if malformed."""
+    return condition_of(request.headers.get("If-Match"), request.headers.get("If-None-Match"))

@@ -52,8 +52,9 @@ class HitPrefix:
 
 
 def usable(request: web.BaseRequest) -> bool:
-    """True if the request may be answered with pre-encoded bytes."""
-    return request.version == HttpVersion11 and request.keep_alive
+    """True if the request may be answered with pre-encoded bytes (which include a body:
+    never for HEAD)."""
+    return request.version == HttpVersion11 and request.keep_alive and request.method == "GET"
 
 
 class EncodedResponse:

@@ -72,21 +72,45 @@ class NotOwner(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """A write's precondition: If-Match (a version, or any existing value with ``exists``)
-    or If-None-Match: * (``absent``)."""
+    """A request's precondition (RFC 9110 §13), on versions as opaque strings:
+    If-Match, one of ``versions`` (or any existing value with ``exists``); If-None-Match,
+    none of ``not_versions`` (or no value at all with ``absent``)."""
 
-    version: Version | None = None
+    versions: frozenset[str] | None = None
     exists: bool = False
     absent: bool = False
+    not_versions: frozenset[str] = frozenset()
 
     def check(self, current: Entry) -> None:
-        present = not current.tombstone
-        if self.version is not None and (not present or current.version != self.version):
-            raise VersionMismatch(f"If-Match {self.version}: the current version differs")
-        if self.exists and not present:
-            raise VersionMismatch("If-Match: * but the key does not exist")
-        if self.absent and present:
-            raise VersionMismatch("If-None-Match: * but the key exists")
+        """VersionMismatch if the precondition fails on ``current`` (a write's rule)."""
+        tag = None if current.tombstone else str(current.version)
+        reason = self.if_match_fails(tag) or self.if_none_match_fails(tag)
+        if reason is not None:
+            raise VersionMismatch(reason)
+
+    def if_match_fails(self, tag: str | None) -> str | None:
+        """Why If-Match fails on the current version ``tag`` (None: no value), or None."""
+        if self.versions is None and not self.exists:
+            return None
+        if tag is None:
+            return "If-Match: the key does not exist"
+        if self.versions is not None and tag not in self.versions:
+            return f'If-Match: the current version is "{tag}"'
+        return None
+
+    def if_none_match_fails(self, tag: str | None) -> str | None:
+        """Why If-None-Match fails (a read answers 304 then), or None."""
+        if tag is None:
+            return None
+        if self.absent:
+            return "If-None-Match: * but the key exists"
+        if tag in self.not_versions:
+            return f'If-None-Match: the current version is "{tag}"'
+        return None
+
+    @property
+    def conditional(self) -> bool:
+        return self.versions is not None or self.exists or self.absent or bool(self.not_versions)
 
 
 ANY = Condition()
