@@ -2,6 +2,7 @@
 
 import asyncio
 import random
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -135,6 +136,10 @@ BAD_REQUESTS = [
      b'{"value": "' + b"x" * 66000 + b'"}', 413, "too_large"),
     ("GET", "/v1/kv/" + "k" * 1025, {}, b"", 413, "too_large"),
     ("GET", "/v1/kv/a%01b", {}, b"", 400, "bad_request"),
+    ("GET", "/v1/kv/a%FFb", {}, b"", 400, "bad_request"),  # not UTF-8 once decoded
+    ("DELETE", "/v1/kv/a%C3", {}, b"", 400, "bad_request"),
+    ("PUT", "/v1/kv/a", {"Content-Type": "application/json"}, b'{"value": 1, "ttl": 5}', 400,
+     "bad_request"),  # an unknown field is refused, not dropped
     ("GET", "/v1/kv/", {}, b"", 400, "bad_request"),
     ("GET", "/v1/kv/a", {"X-Cachegrid-Hops": "many"}, b"", 400, "bad_request"),
     ("PATCH", "/v1/kv/a", {}, b"", 405, "method_not_allowed"),
@@ -220,6 +225,30 @@ async def test_conditional_requests_follow_rfc_9110(http, cluster) -> None:
             assert await response.read() == b""
         async with http.head(missing) as response:
             assert response.status == 404
+
+
+async def test_a_bad_key_in_a_batch_is_named(http, cluster) -> None:
+    status, _, body = await call(http, "POST", f"{cluster.urls[0]}/v1/kv:batchGet",
+                                 json={"keys": ["fine", "also-fine", ""]})  # fmt: skip
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert body["error"]["message"].startswith("keys[2] ''"), body
+
+
+async def test_keys_with_odd_bytes_survive_forwarding(http, cluster) -> None:
+    """Written through a node that forwards, read through every node: the key is exactly
+    the one the client encoded, with "?", "#", "%", "/" and non-ASCII in it."""
+    ring = await ring_of(http, cluster)
+    for key in ("a?b", "sp ace", "pct%FF", "é/ü", "hash#tag", "plus+sign"):
+        owner = ring.owner(key)
+        via = next(u for u, n in zip(cluster.urls, ("node0", "node1", "node2"), strict=True)
+                   if n != owner)  # fmt: skip
+        path = f"/v1/kv/{quote(key, safe='')}"
+        status, _, body = await call(http, "PUT", f"{via}{path}", json={"value": key})
+        assert status == 200, (key, body)
+        assert body["key"] == key
+        for url in cluster.urls:
+            status, _, body = await call(http, "GET", f"{url}{path}")
+            assert (status, body["key"], body["value"]) == (200, key, key), (key, url, body)
 
 
 def store_contents(cluster) -> list[dict[bytes, dict[bytes, bytes]]]:

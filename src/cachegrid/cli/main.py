@@ -19,6 +19,7 @@ from cachegrid.devcluster import cluster
 
 
 @click.group()
+@click.version_option(package_name="cachegrid", prog_name="cachegrid")
 def main() -> None:
     """cachegrid: a linearizable, write-through cache over a quorum-replicated store."""
 

@@ -16,11 +16,19 @@ Invariants:
 from __future__ import annotations
 
 from typing import Protocol
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from aiohttp import web
 
-from cachegrid.errors import BadRequest, NotFound, TooLarge, Unavailable, VersionMismatch
+from cachegrid.errors import (
+    BadRequest,
+    CachegridError,
+    NotFound,
+    TooLarge,
+    Unavailable,
+    VersionMismatch,
+)
 from cachegrid.headers import EPOCH_HEADER, JSON, NODE_HEADER
 from cachegrid.http.conditions import condition_of
 from cachegrid.http.framework import (
@@ -42,6 +50,7 @@ from cachegrid.serving.ports import PeerAnswer
 from cachegrid.serving.routing import Router
 from cachegrid.version import Version
 
+KV_PATH = "/v1/kv/"
 # Room for the {"value": ...} envelope around the largest value.
 ENVELOPE_BYTES = 64 * 1024
 # Headers a 304 keeps from the 200 it stands for (RFC 9110 §15.4.5).
@@ -117,7 +126,7 @@ class Api:
         return await self._get(request)
 
     async def _get(self, request: web.Request, *, encoded: bool = True) -> Answer:
-        key = request.match_info["key"]
+        key = key_of(request)
         entry = self.node.hit(key)  # the hot path: no validation needed, nothing awaited
         hit = entry is not None
         if entry is None:
@@ -161,11 +170,14 @@ class Api:
         )
 
     async def put(self, request: web.Request) -> web.StreamResponse:
-        key = request.match_info["key"]
+        key = key_of(request)
         check_key(key, self.max_key_bytes)
         document = await read_json(request, self.max_value_bytes + ENVELOPE_BYTES)
         if not isinstance(document, dict) or "value" not in document:
             raise BadRequest('the body must be a JSON object with a "value" member')
+        if len(document) > 1:
+            unknown = ", ".join(sorted(repr(name)[:60] for name in document if name != "value"))
+            raise BadRequest(f'the body may hold only "value"; unknown: {unknown}')
         value = orjson.dumps(document["value"])
         if len(value) > self.max_value_bytes:
             raise TooLarge(f"value is {len(value)} bytes, the limit is {self.max_value_bytes}")
@@ -177,7 +189,7 @@ class Api:
         return self._written(key, version)
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        key = request.match_info["key"]
+        key = key_of(request)
         check_key(key, self.max_key_bytes)
         condition = parse_condition(request)
         try:
@@ -196,8 +208,11 @@ class Api:
             raise BadRequest('"detail" must be true or false')
         if len(keys) > self.max_batch:
             raise TooLarge(f"{len(keys)} keys in one batch, the limit is {self.max_batch}")
-        for key in keys:
-            check_key(key, self.max_key_bytes)
+        for index, key in enumerate(keys):
+            try:
+                check_key(key, self.max_key_bytes)
+            except CachegridError as error:
+                raise type(error)(f"keys[{index}] {key[:60]!r}: {error.message}") from error
         items = await self.router.batch_items(keys, hops(request), detail)
         body = orjson.dumps({"items": [items[key] for key in keys]})
         return web.Response(body=body, content_type=JSON, headers={NODE_HEADER: self.node_id})
@@ -232,7 +247,7 @@ class Api:
     ) -> web.Response:
         headers = {h: request.headers[h] for h in FORWARDED if h in request.headers}
         answer = await self.router.forward(
-            request.method, moved, request.path_qs, hops=hops(request), body=body, headers=headers
+            request.method, moved, request.raw_path, hops=hops(request), body=body, headers=headers
         )
         return forwarded(answer, moved)
 
@@ -242,6 +257,21 @@ def forwarded(answer: PeerAnswer, moved: NotOwner) -> web.Response:
     response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
     response.headers[EPOCH_HEADER] = str(moved.epoch)
     return response
+
+
+def key_of(request: web.Request) -> str:
+    """The key of a /v1/kv/{key} request, percent-decoded as UTF-8 (BadRequest if that
+    fails). aiohttp leaves an escape that does not decode as it is ("a%FFb"), which would
+    alias the key a client wrote as "a%25FFb"; so a key with a "%" left in it is decoded
+    again, strictly, from the raw path (rare: the hot path pays one substring test)."""
+    key = request.match_info["key"]
+    if "%" not in key:
+        return key
+    raw = request.raw_path.partition("?")[0].removeprefix(KV_PATH)
+    try:
+        return unquote_to_bytes(raw).decode()
+    except UnicodeDecodeError as error:
+        raise BadRequest("the key's percent-encoding is not valid UTF-8") from error
 
 
 def parse_condition(request: web.Request) -> Condition:
