@@ -17,12 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
+from cachegrid.budget import ByteBudget
 from cachegrid.config import Config
 from cachegrid.coord.commands import Admin, Executor
 from cachegrid.coord.coordinator import Coordinator, CoordSettings
 from cachegrid.coord.etcd import Etcd
 from cachegrid.http.admin import AdminApi
-from cachegrid.http.api import ENVELOPE_BYTES, Api
+from cachegrid.http.api import ENVELOPE_BYTES, Api, Limits
 from cachegrid.http.framework import add_not_found
 from cachegrid.http.peers import Forwarder
 from cachegrid.lifecycle import uncancellable, unless_stopped
@@ -58,13 +59,16 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     admin_api = AdminApi(node, coordinator, Admin(etcd, config.etcd.prefix), store, forwarder,
                          settings.admin_token)  # fmt: skip
     app = web.Application(client_max_size=config.store.max_value_bytes + ENVELOPE_BYTES)
-    Api(node, coordinator, Router(node, forwarder), max_key_bytes=config.store.max_key_bytes,
-        max_value_bytes=config.store.max_value_bytes,
-        max_batch=settings.max_batch_keys,
-        max_in_flight=settings.max_in_flight_requests).add_routes(app)  # fmt: skip
+    router = Router(node, forwarder, ByteBudget(settings.max_bytes_in_flight))
+    limits = Limits(
+        max_key_bytes=config.store.max_key_bytes, max_value_bytes=config.store.max_value_bytes,
+        max_batch=settings.max_batch_keys, max_in_flight=settings.max_in_flight_requests,
+        max_batch_bytes=settings.max_batch_bytes, write_timeout=settings.write_timeout,
+    )  # fmt: skip
+    Api(node, coordinator, router, limits).add_routes(app)
     admin_api.add_routes(app)
     add_not_found(app)
-    add_gauges(metrics, coordinator, node, store)
+    add_gauges(metrics, coordinator, node, store, router.budget)
     # No access log: it would read attributes that pre-encoded hit answers lack (http/wire.py).
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -115,7 +119,8 @@ async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def add_gauges(metrics: Metrics, coordinator: Coordinator, node: Node, store: QuorumStore) -> None:
+def add_gauges(metrics: Metrics, coordinator: Coordinator, node: Node, store: QuorumStore,
+               budget: ByteBudget) -> None:  # fmt: skip
     def slack() -> float:
         return coordinator.session.slack() if coordinator.session else 0.0
 
@@ -132,6 +137,9 @@ def add_gauges(metrics: Metrics, coordinator: Coordinator, node: Node, store: Qu
          lambda: coordinator.applied_revision),
         ("cachegrid_cache_entries", "Entries in the cache.", lambda: len(node.cache)),
         ("cachegrid_cache_bytes", "Accounted bytes in the cache.", lambda: node.cache.bytes),
+        ("cachegrid_bytes_in_flight",
+         "Bytes held for request bodies and answers in progress (node.max_bytes_in_flight).",
+         lambda: budget.used),
         ("cachegrid_store_replicas_up", "Store replicas whose circuit breaker is closed.",
          lambda: sum(r.is_up() for r in store.replicas)),
         ("cachegrid_store_replicas_trusted",

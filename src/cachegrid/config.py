@@ -99,6 +99,12 @@ class NodeConfig:
     max_batch_keys: int = 1000
     # Requests of the public API in progress at once at most; more get 429 at once.
     max_in_flight_requests: int = 4096
+    # Bytes one batchGet answer may hold (more: 413), and bytes the node holds at most for
+    # request bodies and answers in progress (more: 429); see docs/performance.md.
+    max_batch_bytes: int = 16 * 1024 * 1024
+    max_bytes_in_flight: int = 128 * 1024 * 1024
+    # Seconds a client may take to read the next part of a big answer before it is cut off.
+    write_timeout: float = 30.0
     # Bearer token of the /admin API (empty: the admin API is disabled).
     admin_token: str = ""
     # The inconsistency detector re-reads one cache hit in this many from the store (0: off),
@@ -132,7 +138,10 @@ class NodeConfig:
                  if v and not _addr(v)]  # fmt: skip
         found += _positive("node", self, "lease_ttl", "handoff_hold", "forward_timeout")
         found += _positive("node", self, "cache_max_entries", "cache_max_bytes", "max_batch_keys")
-        found += _positive("node", self, "max_in_flight_requests")
+        found += _positive("node", self, "max_in_flight_requests", "max_batch_bytes",
+                           "max_bytes_in_flight", "write_timeout")  # fmt: skip
+        if self.max_batch_bytes > self.max_bytes_in_flight:
+            found.append("node.max_batch_bytes: must not exceed node.max_bytes_in_flight")
         if self.weight < 0:
             found.append("node.weight: must be >= 0")
         if self.stale_check_every < 0:

@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -40,6 +41,7 @@ from cachegrid.http.framework import (
     hops,
     json_response,
     read_json,
+    send,
 )
 from cachegrid.http.wire import EncodedResponse, HitPrefix, usable
 from cachegrid.keys import check_key
@@ -59,6 +61,18 @@ NOT_MODIFIED_HEADERS = ("ETag", "X-Cache", NODE_HEADER, EPOCH_HEADER)
 FORWARDED = ("Content-Type", "If-Match", "If-None-Match")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost (config.py's node and store sections)."""
+
+    max_key_bytes: int
+    max_value_bytes: int
+    max_batch: int = 1000  # keys in one batchGet
+    max_in_flight: int = 4096  # requests in progress at once
+    max_batch_bytes: int = 16 << 20  # bytes of one batchGet answer
+    write_timeout: float = 30.0  # seconds a client may take to read the next part of one
+
+
 class Readiness(Protocol):
     """What the public routes need of coordination (coord/coordinator.py implements it)."""
 
@@ -71,24 +85,17 @@ class Readiness(Protocol):
 
 
 class Api:
-    def __init__(
-        self,
-        node: Node,
-        coordinator: Readiness,
-        router: Router,
-        *,
-        max_key_bytes: int,
-        max_value_bytes: int,
-        max_batch: int = 1000,
-        max_in_flight: int = 4096,
-    ) -> None:
+    def __init__(self, node: Node, coordinator: Readiness, router: Router,
+                 limits: Limits) -> None:  # fmt: skip
         self.node = node
-        self.admission = Admission(max_in_flight)
+        self.admission = Admission(limits.max_in_flight)
         self.coordinator = coordinator
         self.router = router
-        self.max_key_bytes = max_key_bytes
-        self.max_value_bytes = max_value_bytes
-        self.max_batch = max_batch
+        self.budget = router.budget
+        self.limits = limits
+        self.max_key_bytes = limits.max_key_bytes
+        self.max_value_bytes = limits.max_value_bytes
+        self.max_batch = limits.max_batch
         self.node_id = node.node_id
         self._hit_prefix = HitPrefix(self.node_id, "hit")
         self._miss_prefix = HitPrefix(self.node_id, "miss")
@@ -172,7 +179,14 @@ class Api:
     async def put(self, request: web.Request) -> web.StreamResponse:
         key = key_of(request)
         check_key(key, self.max_key_bytes)
-        document = await read_json(request, self.max_value_bytes + ENVELOPE_BYTES)
+        limit = self.max_value_bytes + ENVELOPE_BYTES
+        with self.budget.reservation() as held:
+            # The body, read whole, and its value, held until written through: reserved
+            # before a byte is read (its declared length, or the limit when chunked).
+            held.expect(2 * min(request.content_length or limit, limit))
+            return await self._put(request, key, await read_json(request, limit))
+
+    async def _put(self, request: web.Request, key: str, document: object) -> web.StreamResponse:
         if not isinstance(document, dict) or "value" not in document:
             raise BadRequest('the body must be a JSON object with a "value" member')
         if len(document) > 1:
@@ -213,9 +227,16 @@ class Api:
                 check_key(key, self.max_key_bytes)
             except CachegridError as error:
                 raise type(error)(f"keys[{index}] {key[:60]!r}: {error.message}") from error
-        items = await self.router.batch_items(keys, hops(request), detail)
-        body = orjson.dumps({"items": [items[key] for key in keys]})
-        return web.Response(body=body, content_type=JSON, headers={NODE_HEADER: self.node_id})
+        with self.budget.reservation(self.limits.max_batch_bytes, "node.max_batch_bytes") as held:
+            # Up front, what it will likely hold; never more than a capped answer can.
+            most = min(3 * self.limits.max_batch_bytes, self.budget.limit)
+            held.expect(min(self.router.expected_bytes(len(keys)), most))
+            items = await self.router.batch_items(keys, hops(request), detail, held)
+            held.need(held.answer, answer=False)  # the encoded answer, about that size
+            body = orjson.dumps({"items": [items[key] for key in keys]})
+            del items
+            return await send(request, body, {NODE_HEADER: self.node_id},
+                              self.limits.write_timeout)  # fmt: skip
 
     # -- ring and health ----------------------------------------------------------------
 

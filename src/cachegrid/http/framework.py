@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -135,6 +136,33 @@ async def read_json(request: web.Request, limit: int, *, optional: bool = False)
         return orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise BadRequest(f"the body is not valid JSON: {error}") from error
+
+
+# A big answer is written in parts of this size, each within the write timeout.
+SEND_PART = 256 * 1024
+
+
+async def send(request: web.Request, body: bytes, headers: dict[str, str],
+               write_timeout: float) -> web.StreamResponse:  # fmt: skip
+    """A JSON 200 written in parts, each waiting for the client to drain the one before
+    (back-pressure): the answer is sent before the handler returns, so the bytes it holds
+    are given back only once they are out. A client that reads nothing for
+    ``write_timeout`` seconds loses the connection (as nginx's send_timeout)."""
+    response = web.StreamResponse(headers=headers)
+    response.content_type = JSON
+    response.content_length = len(body)
+    await response.prepare(request)
+    view = memoryview(body)
+    try:
+        for start in range(0, len(view), SEND_PART):
+            async with asyncio.timeout(write_timeout):
+                await response.write(view[start : start + SEND_PART])
+        await response.write_eof()
+    except (TimeoutError, ConnectionError):
+        if request.transport is not None:
+            request.transport.abort()
+        log.info("closed a connection that did not read its answer of %d bytes", len(body))
+    return response
 
 
 def hops(request: web.Request) -> int:

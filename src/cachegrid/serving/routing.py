@@ -13,6 +13,9 @@ Invariants:
   members do not pile up.
 - batchGet returns one result per distinct key; an owner's failure becomes an error item
   for each of its keys, never a failed batch.
+- Bytes are reserved in the node's budget (budget.py) as they arrive, before they are
+  kept: each local item's body, each owner's answer (twice: as bytes and parsed), so a
+  batch too big for its cap or for the node fails (413, 429) before it grows further.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from typing import Any
 import orjson
 
 from cachegrid.batching import Batcher
+from cachegrid.budget import ByteBudget, Reservation
 from cachegrid.errors import CachegridError, NotFound, Unavailable, status_of
 from cachegrid.headers import JSON, NODE_HEADER
 from cachegrid.ring import Member
 from cachegrid.serving.owner import Node, NotOwner
 from cachegrid.serving.ports import PeerAnswer, Peers
 
+# Bytes of JSON around one batchGet item's body (the key, the separators).
+ITEM_BYTES = 64
 # GETs forwarded to one owner in one batch at most.
 FORWARD_BATCH = 64
 # Owner batchers kept (one per owner address and hop count) before they are all dropped.
@@ -37,9 +43,10 @@ MAX_OWNER_BATCHERS = 256
 
 
 class Router:
-    def __init__(self, node: Node, peers: Peers) -> None:
+    def __init__(self, node: Node, peers: Peers, budget: ByteBudget) -> None:
         self.node = node
         self.peers = peers
+        self.budget = budget
         self.node_id = node.node_id
         self._owner_reads: dict[tuple[str, int], Batcher[str, PeerAnswer]] = {}
         self._forward_batch_keys = node.metrics.batch_keys.labels("forward_get")
@@ -65,9 +72,19 @@ class Router:
             self._owner_reads[(moved.owner.addr, hops)] = batcher
         return await batcher.submit(key)
 
-    async def batch_items(self, keys: list[str], hops: int, detail: bool) -> dict[str, Any]:
+    def expected_bytes(self, keys: int) -> int:
+        """What a batchGet of ``keys`` keys will likely hold, taken before it starts: each
+        item the size of this node's average cache entry (1 KiB while the cache is empty),
+        three times over (an owner's answer as bytes and parsed, then the encoded answer)."""
+        cache = self.node.cache
+        typical = cache.bytes // len(cache) if len(cache) else 1024
+        return 3 * keys * (typical + ITEM_BYTES)
+
+    async def batch_items(self, keys: list[str], hops: int, detail: bool,
+                          held: Reservation) -> dict[str, Any]:  # fmt: skip
         """One result per distinct key: served here, or asked of its owner in one batch.
-        With ``detail``, each also says which node served it and, if read, hit or miss."""
+        With ``detail``, each also says which node served it and, if read, hit or miss.
+        Every byte kept is first reserved in ``held`` (TooLarge or Overloaded past it)."""
         items: dict[str, Any] = {}
         remote: dict[str, list[str]] = {}
         served_here = {"node": self.node_id} if detail else {}
@@ -82,6 +99,7 @@ class Router:
                 items[key] = error_item(key, error) | served_here
                 return
             cache = {"cache": "hit" if hit else "miss"} if detail else {}
+            held.need(len(entry.body) + ITEM_BYTES)
             if entry.tombstone:
                 items[key] = (
                     error_item(key, NotFound(f"no such key: {key[:100]}")) | served_here | cache
@@ -94,22 +112,24 @@ class Router:
 
         await asyncio.gather(*(local(key) for key in dict.fromkeys(keys)))
         await asyncio.gather(
-            *(self._remote_batch(a, ks, hops, detail, items) for a, ks in remote.items())
+            *(self._remote_batch(a, ks, hops, detail, items, held) for a, ks in remote.items())
         )
         return items
 
-    async def _remote_batch(
-        self, addr: str, keys: list[str], hops: int, detail: bool, items: dict[str, Any]
-    ) -> None:
+    async def _remote_batch(self, addr: str, keys: list[str], hops: int, detail: bool,
+                            items: dict[str, Any], held: Reservation) -> None:  # fmt: skip
         try:
             answer = await self._batch_get_at(addr, keys, hops, detail)
             if answer.status != 200:
                 raise Unavailable(f"owner {addr} answered {answer.status}")
-            for item in orjson.loads(answer.body)["items"]:
-                items[item["key"]] = item
         except CachegridError as error:
             for key in keys:
                 items[key] = error_item(key, error) | ({"node": self.node_id} if detail else {})
+            return
+        held.need(len(answer.body))
+        held.need(len(answer.body), answer=False)  # parsed, until the answer is encoded
+        for item in orjson.loads(answer.body)["items"]:
+            items[item["key"]] = item
 
     async def _batch_get_at(
         self, addr: str, keys: list[str], hops: int, detail: bool
@@ -127,10 +147,15 @@ class Router:
         answer = await self._batch_get_at(owner.addr, keys, hops, detail=True)
         if answer.status != 200:  # the owner refused the whole batch: each request, alike
             return [answer] * len(keys)
-        try:
-            answers = [answer_of(i, owner.node_id) for i in orjson.loads(answer.body)["items"]]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as error:
-            raise Unavailable(f"owner {owner.node_id} sent a malformed batch: {error}") from error
+        # Parsed and split into one answer per GET: held twice while that happens.
+        with self.budget.reservation() as held:
+            held.need(2 * len(answer.body))
+            try:
+                items = orjson.loads(answer.body)["items"]
+                answers = [answer_of(item, owner.node_id) for item in items]
+            except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+                raise Unavailable(f"owner {owner.node_id} sent a malformed batch: {error}"
+                                  ) from error  # fmt: skip
         if len(answers) != len(keys):
             raise Unavailable(f"owner {owner.node_id} answered {len(answers)} of {len(keys)} keys")
         return answers
