@@ -137,6 +137,8 @@ BAD_REQUESTS = [
     ("GET", "/v1/kv/" + "k" * 1025, {}, b"", 413, "too_large"),
     ("GET", "/v1/kv/a%01b", {}, b"", 400, "bad_request"),
     ("GET", "/v1/kv/a%FFb", {}, b"", 400, "bad_request"),  # not UTF-8 once decoded
+    ("GET", "/v1/kv/a%0Ab", {}, b"", 400, "bad_request"),  # found by schemathesis: was a
+    ("GET", "/v2/a%0Ab", {}, b"", 404, "not_found"),  # plain-text 404 (no route matched)
     ("DELETE", "/v1/kv/a%C3", {}, b"", 400, "bad_request"),
     ("PUT", "/v1/kv/a", {"Content-Type": "application/json"}, b'{"value": 1, "ttl": 5}', 400,
      "bad_request"),  # an unknown field is refused, not dropped

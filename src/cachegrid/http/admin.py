@@ -30,13 +30,29 @@ import orjson
 from aiohttp import web
 
 from cachegrid.errors import BadRequest, CachegridError, Forbidden, Unauthorized
-from cachegrid.http.framework import Answer, Handler, Table, add_table, json_response, read_json
+from cachegrid.http.framework import (
+    Answer,
+    Handler,
+    Routes,
+    add_table,
+    bind,
+    json_response,
+    read_json,
+)
 from cachegrid.keys import check_key
 from cachegrid.ring import Ring
 from cachegrid.serving.owner import Node
 from cachegrid.serving.ports import Peers
 
 DEFAULT_WAIT = 15.0  # seconds an admin request waits for the cluster
+ADMIN_ROUTES: Routes = {
+    "/admin/status": {"GET": "status"},
+    "/admin/ring": {"GET": "ring"},
+    "/admin/flush": {"POST": "flush"},
+    "/admin/rebalance": {"POST": "rebalance"},
+    "/admin/drain": {"POST": "drain"},
+    "/admin/repair": {"POST": "repair"},
+}
 BODY_LIMIT = 1 << 20  # bytes of an admin request's body
 
 
@@ -94,15 +110,7 @@ class AdminApi:
         self._token = token.encode()
 
     def add_routes(self, app: web.Application) -> None:
-        table: Table = [
-            ("/admin/status", {"GET": self._auth(self.status)}),
-            ("/admin/ring", {"GET": self._auth(self.ring)}),
-            ("/admin/flush", {"POST": self._auth(self.flush)}),
-            ("/admin/rebalance", {"POST": self._auth(self.rebalance)}),
-            ("/admin/drain", {"POST": self._auth(self.drain)}),
-            ("/admin/repair", {"POST": self._auth(self.repair)}),
-        ]
-        add_table(app, table, self.node_id, self.node.metrics)
+        add_table(app, bind(self, ADMIN_ROUTES, self._auth), self.node_id, self.node.metrics)
 
     # -- routes -------------------------------------------------------------------------
 

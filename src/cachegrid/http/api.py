@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from typing import Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -35,8 +36,9 @@ from cachegrid.http.conditions import condition_of
 from cachegrid.http.framework import (
     Admission,
     Answer,
-    Table,
+    Routes,
     add_table,
+    bind,
     error_response,
     hops,
     json_response,
@@ -52,7 +54,24 @@ from cachegrid.serving.ports import PeerAnswer
 from cachegrid.serving.routing import Router
 from cachegrid.version import Version
 
+KV_ROUTE = r"/v1/kv/{key:[\s\S]*}"
+# The public routes (admitted: past max_in_flight_requests, 429) and the ops routes.
+PUBLIC_ROUTES: Routes = {
+    # Any character, newlines too ("." would not match one, and aiohttp would answer a
+    # plain-text 404): check_key refuses what is not a key, in JSON.
+    KV_ROUTE: {"GET": "get", "HEAD": "get", "PUT": "put", "DELETE": "delete"},
+    "/v1/kv:batchGet": {"POST": "batch_get"},
+    "/v1/ring": {"GET": "ring"},
+    "/v1/openapi.json": {"GET": "openapi"},
+}
+OPS_ROUTES: Routes = {
+    "/healthz": {"GET": "healthz"},
+    "/readyz": {"GET": "readyz"},
+    "/metrics": {"GET": "metrics_page"},
+}
 KV_PATH = "/v1/kv/"
+# The OpenAPI 3.1 description of every route (http/openapi.json, kept true by a test).
+OPENAPI = resources.files("cachegrid.http").joinpath("openapi.json").read_bytes()
 # Room for the {"value": ...} envelope around the largest value.
 ENVELOPE_BYTES = 64 * 1024
 # Headers a 304 keeps from the 200 it stands for (RFC 9110 §15.4.5).
@@ -102,21 +121,9 @@ class Api:
 
     def add_routes(self, app: web.Application) -> None:
         """Every route, each with a JSON 405 for other methods; a JSON 404 for the rest."""
-        public: Table = [
-            (
-                "/v1/kv/{key:.*}",
-                {"GET": self.get, "HEAD": self.get, "PUT": self.put, "DELETE": self.delete},
-            ),
-            ("/v1/kv:batchGet", {"POST": self.batch_get}),
-            ("/v1/ring", {"GET": self.ring}),
-        ]
-        operations: Table = [
-            ("/healthz", {"GET": self.healthz}),
-            ("/readyz", {"GET": self.readyz}),
-            ("/metrics", {"GET": self.metrics_page}),
-        ]
-        add_table(app, public, self.node_id, self.node.metrics, self.admission)
-        add_table(app, operations, self.node_id, self.node.metrics)
+        add_table(app, bind(self, PUBLIC_ROUTES), self.node_id, self.node.metrics,
+                  self.admission)  # fmt: skip
+        add_table(app, bind(self, OPS_ROUTES), self.node_id, self.node.metrics)
 
     async def metrics_page(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self.node.metrics.render(),
@@ -245,6 +252,9 @@ class Api:
         if ring is None:
             raise Unavailable("this node has no ring yet")
         return json_response(ring.describe(), self.node_id)
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=OPENAPI, content_type=JSON, headers={NODE_HEADER: self.node_id})
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return json_response({"status": "ok"}, self.node_id)

@@ -45,6 +45,16 @@ Answer = web.StreamResponse | EncodedResponse
 Handler = Callable[[web.Request], Awaitable[Answer]]
 AiohttpHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Table = list[tuple[str, dict[str, Handler]]]
+# Routes as data: path -> {method: name of the handler method} (kept true to the OpenAPI
+# description, http/openapi.json, by tests/integration/test_openapi.py).
+Routes = dict[str, dict[str, str]]
+
+
+def bind(owner: object, routes: Routes,
+         wrap: Callable[[Handler], Handler] = lambda handler: handler) -> Table:  # fmt: skip
+    """The route table of ``routes``, each name resolved to ``owner``'s method."""
+    return [(path, {method: wrap(getattr(owner, name)) for method, name in methods.items()})
+            for path, methods in routes.items()]  # fmt: skip
 
 
 class Admission:
@@ -68,8 +78,9 @@ def add_table(app: web.Application, table: Table, node_id: str, metrics: Metrics
 
 
 def add_not_found(app: web.Application) -> None:
-    """The JSON 404 for every path no route took; add it after every other route."""
-    app.router.add_route("*", "/{tail:.*}", not_found)
+    """The JSON 404 for every path no route took (newlines in it too); add it after every
+    other route."""
+    app.router.add_route("*", r"/{tail:[\s\S]*}", not_found)
 
 
 def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics,
