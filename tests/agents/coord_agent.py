@@ -1,10 +1,10 @@
 """A cache node's coordination alone, as a process, for fault tests of invariant S1.
 
 Runs a Coordinator and logs its serving decision as JSON lines, on every change and every
-20 ms: {"t": monotonic time, "deadline": local lease deadline, "active": indices of the
-sample keys for which ``Coordinator.can_serve`` is true, "incarnation": ...}.
-CLOCK_MONOTONIC is shared by all processes on the machine, so the logs of several agents
-can be compared in time.
+20 ms: {"t": the lease clock's time (cachegrid.clock), "deadline": local lease deadline,
+"active": indices of the sample keys for which ``Coordinator.can_serve`` is true,
+"incarnation": ...}. That clock (CLOCK_BOOTTIME) is shared by all processes on the
+machine, so the logs of several agents can be compared in time.
 SIGTERM stops it gracefully.
 
     python -m tests.agents.coord_agent --etcd H:P[,H:P] --node-id n1 --log FILE
@@ -16,11 +16,11 @@ import argparse
 import asyncio
 import logging
 import signal
-import time
 from typing import BinaryIO
 
 import orjson
 
+from cachegrid.clock import now
 from cachegrid.coord.coordinator import Coordinator, CoordSettings
 from cachegrid.coord.etcd import Etcd
 
@@ -45,7 +45,7 @@ async def main(args: argparse.Namespace, log: BinaryIO) -> None:
         session = coordinator.session
         active = [i for i, key in enumerate(keys) if coordinator.can_serve(key)]
         deadline = session.deadline if session is not None and coordinator.lease_alive() else 0
-        entry = {"t": time.monotonic(), "deadline": deadline, "active": active,
+        entry = {"t": now(), "deadline": deadline, "active": active,
                  "incarnation": coordinator.incarnation}  # fmt: skip
         log.write(orjson.dumps(entry) + b"\n")
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cachegrid.clock import now
 from tests.s1 import covered, read_log, violations
 
 ROOT = Path(__file__).parents[2]
@@ -39,7 +40,7 @@ class Agents:
         self.procs[node].kill()
         self.procs.pop(node).wait()
         self.paused.discard(node)
-        return time.monotonic()
+        return now()
 
     def stop(self, node: str) -> None:
         proc = self.procs.pop(node)
@@ -65,20 +66,20 @@ class Agents:
         return {n: logs.get(n, []) for n in self.procs if n not in self.paused}
 
     def violations(self) -> list[str]:
-        return violations(self.logs(), now=time.monotonic())
+        return violations(self.logs(), now=now())
 
     def covered(self) -> bool:
         return covered(self.serving(), self.keys)
 
     def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> float:
-        """Poll ``condition``; the monotonic time it first held. AssertionError on timeout."""
-        deadline = time.monotonic() + timeout
+        """Poll ``condition``; the time (lease clock) it first held. AssertionError on timeout."""
+        deadline = now() + timeout
         while not condition():
             for node, proc in self.procs.items():
                 assert proc.poll() is None, f"agent {node} died:\n{self.output(node)}"
-            assert time.monotonic() < deadline, f"not {what} within {timeout}s: {self.state()}"
+            assert now() < deadline, f"not {what} within {timeout}s: {self.state()}"
             time.sleep(0.05)
-        return time.monotonic()
+        return now()
 
     def state(self) -> str:
         """The latest record of each agent, and the end of its output, for failure messages."""
@@ -104,8 +105,8 @@ def random_faults(agents: Agents, nodes: list[str], seconds: float, seed: int) -
     """Random kills, restarts, pauses (short and past the lease) and graceful stops."""
     rng = random.Random(seed)
     actions: list[str] = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    end = now() + seconds
+    while now() < end:
         node = rng.choice(nodes)
         running = node in agents.procs
         if not running:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -43,6 +42,7 @@ from typing import Any
 
 import orjson
 
+from cachegrid.clock import now
 from cachegrid.coord.etcd import (
     Etcd,
     EtcdCompacted,
@@ -121,7 +121,7 @@ class Coordinator:
         on_release: ReleaseFn | None = None,
         on_admin: AdminFn | None = None,
         on_change: Callable[[], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = now,
     ) -> None:
         self.settings = settings
         self.ownership = Ownership(settings.node_id)

@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
+from cachegrid.clock import now
 from cachegrid.coord.etcd import Etcd, EtcdError, EtcdUnavailable
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class Session:
         ttl: int,
         *,
         margin: float,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = now,
     ) -> None:
         if margin >= ttl / 3:
             raise ValueError("the lease margin must be under a third of the TTL")
