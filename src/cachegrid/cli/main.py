@@ -14,6 +14,7 @@ import click
 
 from cachegrid import app, config
 from cachegrid.cli import admin_client
+from cachegrid.cli.kv import kv
 from cachegrid.coord.coordinator import DuplicateNodeId
 from cachegrid.devcluster import cluster
 
@@ -125,6 +126,9 @@ def up(nodes: int, replicas: int, data_dir: Path, base_port: int, appendfsync: s
         cluster.run(local)
     except RuntimeError as error:
         raise click.ClickException(str(error)) from error
+
+
+main.add_command(kv)
 
 
 @main.group()
