@@ -242,6 +242,30 @@ def test_the_admin_cli_prints_tables_json_and_clear_errors(cluster) -> None:
     usage = run("--token", cluster.admin_token, "flush")
     assert usage.returncode == 2
     assert "exactly one of --all, --prefix, --key" in usage.stderr
+    after = run("--token", cluster.admin_token, "ring", "--json")  # --json after the command
+    assert len(json.loads(after.stdout)["members"]) == 3
+    bare = subprocess.run(  # host:port is enough
+        [sys.executable, "-m", "cachegrid", "admin", "--url",
+         cluster.urls[0].removeprefix("http://"), "--token", cluster.admin_token, "ring"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bare.returncode == 0, bare.stderr
+
+
+async def test_a_rebalance_that_leaves_no_weight_is_refused_and_changes_nothing(
+    http, cluster
+) -> None:
+    url = f"{cluster.urls[0]}/admin/rebalance"
+    everyone = {"weights": {"node0": 0, "node1": 0, "node2": 0}}
+    status, _, body = await call(http, "POST", url, json=everyone, token=cluster.admin_token)
+    assert (status, body["error"]["code"]) == (400, "bad_request"), body
+    assert "no live node would keep a weight" in body["error"]["message"]
+    _, _, ring = await call(http, "GET", f"{cluster.urls[0]}/admin/ring",
+                            token=cluster.admin_token)  # fmt: skip
+    assert all(member["weight"] > 0 for member in ring["members"]), ring
+    status, _, body = await call(http, "POST", url, json={**everyone, "force": "yes"},
+                                 token=cluster.admin_token)  # fmt: skip
+    assert (status, body["error"]["code"]) == (400, "bad_request")
 
 
 async def test_without_a_token_the_admin_api_is_closed(http, fresh_cluster, monkeypatch) -> None:
@@ -251,3 +275,23 @@ async def test_without_a_token_the_admin_api_is_closed(http, fresh_cluster, monk
         status, _, body = await call(http, "GET", f"{cluster.urls[0]}/admin/status", token=token)
         assert (status, body["error"]["code"]) == (403, "forbidden")
     assert (await call(http, "GET", f"{cluster.urls[0]}/v1/ring"))[0] == 200
+
+
+def test_drain_then_undrain_through_the_cli(cluster) -> None:
+    base = [sys.executable, "-m", "cachegrid", "admin", "--url", cluster.urls[0],
+            "--token", cluster.admin_token]  # fmt: skip
+
+    def weights() -> dict[str, int]:
+        ring = subprocess.run([*base, "ring", "--json"], capture_output=True, text=True,
+                              timeout=60, check=True)  # fmt: skip
+        return {m["id"]: m["weight"] for m in json.loads(ring.stdout)["members"]}
+
+    drained = subprocess.run([*base, "drain", "node2", "--json"], capture_output=True,
+                             text=True, timeout=60, check=False)  # fmt: skip
+    assert drained.returncode == 0, drained.stderr
+    assert all(n["status"] == "applied" for n in json.loads(drained.stdout)["nodes"].values())
+    assert weights()["node2"] == 0
+    back = subprocess.run([*base, "undrain", "node2"], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert back.returncode == 0, back.stderr
+    assert weights() == {"node0": 1, "node1": 1, "node2": 1}

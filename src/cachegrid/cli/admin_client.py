@@ -22,6 +22,8 @@ class AdminError(CachegridError):
 
 def target(url: str | None, token: str | None, cluster_json: Path) -> tuple[str, str]:
     """The node URL and token to use: the flags, else the first node of cluster.json."""
+    if url and "://" not in url:
+        url = f"http://{url}"  # host:port is enough
     if url and token:
         return url.rstrip("/"), token
     try:

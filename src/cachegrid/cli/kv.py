@@ -15,16 +15,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from cachegrid import errors
 from cachegrid.cli.admin_client import table
+from cachegrid.cli.options import json_flag, wants_json
 from cachegrid.client import Item
 from cachegrid.sync_client import SyncClient
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class KvError(click.ClickException):
@@ -50,12 +49,6 @@ EXIT: dict[type[errors.CachegridError], type[KvError]] = {
     errors.NotFound: KeyNotFound, errors.VersionMismatch: PreconditionFailed,
     errors.Unavailable: NoAnswer, errors.Indeterminate: NoAnswer,
 }  # fmt: skip
-
-
-def json_flag(command: F) -> F:
-    """``--json`` on the group and on every command, so it may come anywhere."""
-    return click.option("--json", "as_json", is_flag=True, default=None,
-                        help="Print the whole JSON answer.")(command)  # fmt: skip
 
 
 @click.group()
@@ -125,11 +118,11 @@ def batch_get(ctx: click.Context, keys: tuple[str, ...], write_out: str,
               as_json: bool | None) -> None:  # fmt: skip
     """Print many keys at once (exit 1 if any does not exist)."""
     items = _call(ctx, lambda client: client.batch_get(list(keys)))
-    if write_out == "table" and not _json(ctx, as_json):
+    if write_out == "table" and not wants_json(ctx, as_json):
         rows = [[k, i.version if i else "-", json.dumps(i.value) if i else "(not found)"]
                 for k, i in items.items()]  # fmt: skip
         click.echo(table(["key", "version", "value"], rows))
-    elif _json(ctx, as_json):
+    elif wants_json(ctx, as_json):
         click.echo(json.dumps({k: _item(i) if i else None for k, i in items.items()}))
     else:
         click.echo(json.dumps({k: i.value if i else None for k, i in items.items()}))
@@ -157,12 +150,8 @@ def _urls(ctx: click.Context) -> list[str]:
         raise NoAnswer(f"give --url, or a readable {path} (cachegrid up): {error}") from error
 
 
-def _json(ctx: click.Context, as_json: bool | None) -> bool:
-    return bool(as_json) or bool(ctx.obj["json"])
-
-
 def _print(ctx: click.Context, as_json: bool | None, document: dict[str, Any], text: str) -> None:
-    click.echo(json.dumps(document) if _json(ctx, as_json) else text)
+    click.echo(json.dumps(document) if wants_json(ctx, as_json) else text)
 
 
 def _item(item: Item) -> dict[str, Any]:

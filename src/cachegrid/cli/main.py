@@ -15,6 +15,7 @@ import click
 from cachegrid import app, config
 from cachegrid.cli import admin_client
 from cachegrid.cli.kv import kv
+from cachegrid.cli.options import json_flag, wants_json
 from cachegrid.coord.coordinator import DuplicateNodeId
 from cachegrid.devcluster import cluster
 
@@ -142,57 +143,70 @@ main.add_command(kv)
     type=click.Path(dir_okay=False, path_type=Path),
     help="cluster.json of cachegrid up.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")
+@json_flag
 @click.pass_context
 def admin(
-    ctx: click.Context, url: str | None, token: str | None, cluster_json: Path, as_json: bool
-) -> None:
+    ctx: click.Context, url: str | None, token: str | None, cluster_json: Path,
+    as_json: bool | None,
+) -> None:  # fmt: skip
     """Operate a cluster through a node's admin API."""
-    ctx.obj = {"url": url, "token": token, "cluster": cluster_json, "json": as_json}
+    ctx.obj = {"url": url, "token": token, "cluster": cluster_json, "json": bool(as_json)}
 
 
 def _admin(ctx: click.Context, method: str, path: str, body: object,
-           render: Callable[[dict[str, Any]], str]) -> None:  # fmt: skip
+           render: Callable[[dict[str, Any]], str], as_json: bool | None) -> None:  # fmt: skip
     options = ctx.obj
     try:
         url, token = admin_client.target(options["url"], options["token"], options["cluster"])
         answer = admin_client.call(url, token, method, path, body)
     except admin_client.AdminError as error:
         raise click.ClickException(error.message) from error
-    click.echo(json.dumps(answer, indent=2) if options["json"] else render(answer))
+    click.echo(json.dumps(answer, indent=2) if wants_json(ctx, as_json) else render(answer))
 
 
 @admin.command()
+@json_flag
 @click.pass_context
-def status(ctx: click.Context) -> None:
+def status(ctx: click.Context, as_json: bool | None) -> None:
     """Every live node: lease slack, epochs, cache, replicas."""
-    _admin(ctx, "GET", "/admin/status?scope=cluster", None, admin_client.render_status)
+    _admin(ctx, "GET", "/admin/status?scope=cluster", None, admin_client.render_status, as_json)
 
 
 @admin.command()
+@json_flag
 @click.pass_context
-def ring(ctx: click.Context) -> None:
+def ring(ctx: click.Context, as_json: bool | None) -> None:
     """The ring: members, weights and shares of the keyspace."""
-    _admin(ctx, "GET", "/admin/ring", None, admin_client.render_ring)
+    _admin(ctx, "GET", "/admin/ring", None, admin_client.render_ring, as_json)
 
 
 @admin.command()
 @click.option("--all", "everything", is_flag=True, help="Flush every cached entry.")
 @click.option("--prefix", help="Flush the keys starting with this.")
 @click.option("--key", "keys", multiple=True, help="Flush this key (repeatable).")
+@json_flag
 @click.pass_context
-def flush(ctx: click.Context, everything: bool, prefix: str | None, keys: tuple[str, ...]) -> None:
+def flush(ctx: click.Context, everything: bool, prefix: str | None, keys: tuple[str, ...],
+          as_json: bool | None) -> None:  # fmt: skip
     """Drop cached entries on every node (the store keeps the data)."""
     if sum((everything, prefix is not None, bool(keys))) != 1:
         raise click.UsageError("give exactly one of --all, --prefix, --key")
     body = {"all": True} if everything else {"prefix": prefix} if prefix else {"keys": list(keys)}
-    _admin(ctx, "POST", "/admin/flush", body, admin_client.render_nodes)
+    _admin(ctx, "POST", "/admin/flush", body, admin_client.render_nodes, as_json)
+
+
+FORCE = click.option(
+    "--force", is_flag=True, help="Even if no live node would keep a weight (no key owned)."
+)
 
 
 @admin.command()
 @click.argument("weights", nargs=-1, required=True)
+@FORCE
+@json_flag
 @click.pass_context
-def rebalance(ctx: click.Context, weights: tuple[str, ...]) -> None:
+def rebalance(ctx: click.Context, weights: tuple[str, ...], force: bool,
+              as_json: bool | None) -> None:  # fmt: skip
     """Set node weights, as NODE=WEIGHT ...; waits until every node applied them."""
     parsed = {}
     for item in weights:
@@ -200,19 +214,35 @@ def rebalance(ctx: click.Context, weights: tuple[str, ...]) -> None:
         if not weight.isdigit():
             raise click.UsageError(f"{item!r}: expected NODE=WEIGHT")
         parsed[node_id] = int(weight)
-    _admin(ctx, "POST", "/admin/rebalance", {"weights": parsed}, admin_client.render_nodes)
+    body = {"weights": parsed, "force": force}
+    _admin(ctx, "POST", "/admin/rebalance", body, admin_client.render_nodes, as_json)
 
 
 @admin.command()
 @click.argument("node_id")
+@FORCE
+@json_flag
 @click.pass_context
-def drain(ctx: click.Context, node_id: str) -> None:
+def drain(ctx: click.Context, node_id: str, force: bool, as_json: bool | None) -> None:
     """Move every key away from NODE_ID (weight 0), so it can be stopped without errors."""
-    _admin(ctx, "POST", "/admin/drain", {"node": node_id}, admin_client.render_nodes)
+    _admin(ctx, "POST", "/admin/drain", {"node": node_id, "force": force},
+           admin_client.render_nodes, as_json)  # fmt: skip
 
 
 @admin.command()
+@click.argument("node_id")
+@click.option("--weight", default=1, show_default=True, type=click.IntRange(1, 100))
+@json_flag
 @click.pass_context
-def repair(ctx: click.Context) -> None:
+def undrain(ctx: click.Context, node_id: str, weight: int, as_json: bool | None) -> None:
+    """Give NODE_ID a weight again (after a drain): keys move back to it."""
+    body = {"weights": {node_id: weight}}
+    _admin(ctx, "POST", "/admin/rebalance", body, admin_client.render_nodes, as_json)
+
+
+@admin.command()
+@json_flag
+@click.pass_context
+def repair(ctx: click.Context, as_json: bool | None) -> None:
     """Anti-entropy: copy the newest record of every key to every lagging replica."""
-    _admin(ctx, "POST", "/admin/repair", None, admin_client.render_repair)
+    _admin(ctx, "POST", "/admin/repair", None, admin_client.render_repair, as_json)

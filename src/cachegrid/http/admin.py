@@ -164,14 +164,16 @@ class AdminApi:
             )
         ):
             raise BadRequest('"weights" must map node ids to integers from 0 to 100')
-        return json_response(await self._set_weights(weights, wait_of(body)), self.node_id)
+        result = await self._set_weights(weights, wait_of(body), force_of(body))
+        return json_response(result, self.node_id)
 
     async def drain(self, request: web.Request) -> web.StreamResponse:
         body = await read_object(request)
         node = body.get("node")
         if not isinstance(node, str):
             raise BadRequest('"node" must name a node id')
-        return json_response(await self._set_weights({node: 0}, wait_of(body)), self.node_id)
+        result = await self._set_weights({node: 0}, wait_of(body), force_of(body))
+        return json_response(result, self.node_id)
 
     async def repair(self, request: web.Request) -> web.StreamResponse:
         report = await self.store.repair()
@@ -182,12 +184,21 @@ class AdminApi:
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _set_weights(self, weights: dict[str, int], wait: float) -> dict[str, Any]:
-        """Persist the weights, then wait until every live node applied and activated them."""
+    async def _set_weights(self, weights: dict[str, int], wait: float,
+                           force: bool) -> dict[str, Any]:  # fmt: skip
+        """Persist the weights, then wait until every live node applied and activated them.
+        Refused (nothing applied) if no live node would keep a weight, unless ``force``."""
         members = await self.admin.live_members()
         unknown = sorted(set(weights) - set(members))
         if unknown:
             raise BadRequest(f"no live node named {', '.join(unknown)}")
+        after = {
+            node: weights.get(node, record.get("weight", 1)) for node, record in members.items()
+        }
+        if not force and not any(after.values()):
+            raise BadRequest("refused: no live node would keep a weight, so no key would have "
+                             'an owner (every read and write would fail); send "force": true '
+                             "to do it anyway")  # fmt: skip
         for node, weight in weights.items():
             await self.admin.set_weight(node, weight)
         deadline = time.monotonic() + wait
@@ -259,6 +270,13 @@ def flush_args(body: dict[str, Any]) -> dict[str, Any]:
             check_key(key)
         return {"keys": keys}
     raise BadRequest('flush what? {"all": true}, {"prefix": "..."} or {"keys": [...]}')
+
+
+def force_of(body: dict[str, Any]) -> bool:
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest('"force" must be true or false')
+    return force
 
 
 def wait_of(body: dict[str, Any]) -> float:

@@ -112,9 +112,6 @@ class Api:
         self.router = router
         self.budget = router.budget
         self.limits = limits
-        self.max_key_bytes = limits.max_key_bytes
-        self.max_value_bytes = limits.max_value_bytes
-        self.max_batch = limits.max_batch
         self.node_id = node.node_id
         self._hit_prefix = HitPrefix(self.node_id, "hit")
         self._miss_prefix = HitPrefix(self.node_id, "miss")
@@ -131,20 +128,18 @@ class Api:
 
     # -- key-value --------------------------------------------------------------------
 
-    async def get(self, request: web.Request) -> Answer:
+    async def get(self, request: web.Request, *, encoded: bool = True) -> Answer:
         """GET and HEAD. With If-Match / If-None-Match, the answer is judged against them
-        (RFC 9110 §13.1): 412 if If-Match fails, 304 if If-None-Match does."""
+        (RFC 9110 §13.1): 412 if If-Match fails, 304 if If-None-Match does. ``encoded``:
+        a hit may be answered with pre-encoded bytes (http/wire.py)."""
         headers = request.headers
-        if "If-None-Match" in headers or "If-Match" in headers:
+        if encoded and ("If-None-Match" in headers or "If-Match" in headers):
             return await self._conditional_get(request, parse_condition(request))
-        return await self._get(request)
-
-    async def _get(self, request: web.Request, *, encoded: bool = True) -> Answer:
         key = key_of(request)
         entry = self.node.hit(key)  # the hot path: no validation needed, nothing awaited
         hit = entry is not None
         if entry is None:
-            check_key(key, self.max_key_bytes)
+            check_key(key, self.limits.max_key_bytes)
             try:
                 entry, hit = await self.node.get(key)
             except NotOwner as moved:
@@ -156,7 +151,7 @@ class Api:
         return self._found(request, entry, hit, encoded)
 
     async def _conditional_get(self, request: web.Request, condition: Condition) -> Answer:
-        answer = await self._get(request, encoded=False)
+        answer = await self.get(request, encoded=False)
         assert not isinstance(answer, EncodedResponse)
         if answer.status not in (200, 404):
             return answer  # a failure (503, 504...) passes through
@@ -185,8 +180,8 @@ class Api:
 
     async def put(self, request: web.Request) -> web.StreamResponse:
         key = key_of(request)
-        check_key(key, self.max_key_bytes)
-        limit = self.max_value_bytes + ENVELOPE_BYTES
+        check_key(key, self.limits.max_key_bytes)
+        limit = self.limits.max_value_bytes + ENVELOPE_BYTES
         with self.budget.reservation() as held:
             # The body, read whole, and its value, held until written through: reserved
             # before a byte is read (its declared length, or the limit when chunked).
@@ -200,8 +195,10 @@ class Api:
             unknown = ", ".join(sorted(repr(name)[:60] for name in document if name != "value"))
             raise BadRequest(f'the body may hold only "value"; unknown: {unknown}')
         value = orjson.dumps(document["value"])
-        if len(value) > self.max_value_bytes:
-            raise TooLarge(f"value is {len(value)} bytes, the limit is {self.max_value_bytes}")
+        if len(value) > self.limits.max_value_bytes:
+            raise TooLarge(
+                f"value is {len(value)} bytes, the limit is {self.limits.max_value_bytes}"
+            )
         condition = parse_condition(request)
         try:
             version = await self.node.put(key, value, condition)
@@ -211,7 +208,7 @@ class Api:
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         key = key_of(request)
-        check_key(key, self.max_key_bytes)
+        check_key(key, self.limits.max_key_bytes)
         condition = parse_condition(request)
         try:
             version = await self.node.delete(key, condition)
@@ -220,18 +217,18 @@ class Api:
         return self._written(key, version)
 
     async def batch_get(self, request: web.Request) -> web.StreamResponse:
-        document = await read_json(request, self.max_value_bytes + ENVELOPE_BYTES)
+        document = await read_json(request, self.limits.max_value_bytes + ENVELOPE_BYTES)
         keys = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise BadRequest('the body must be {"keys": [<string>, ...]}')
         detail = document.get("detail", False)
         if not isinstance(detail, bool):
             raise BadRequest('"detail" must be true or false')
-        if len(keys) > self.max_batch:
-            raise TooLarge(f"{len(keys)} keys in one batch, the limit is {self.max_batch}")
+        if len(keys) > self.limits.max_batch:
+            raise TooLarge(f"{len(keys)} keys in one batch, the limit is {self.limits.max_batch}")
         for index, key in enumerate(keys):
             try:
-                check_key(key, self.max_key_bytes)
+                check_key(key, self.limits.max_key_bytes)
             except CachegridError as error:
                 raise type(error)(f"keys[{index}] {key[:60]!r}: {error.message}") from error
         with self.budget.reservation(self.limits.max_batch_bytes, "node.max_batch_bytes") as held:
