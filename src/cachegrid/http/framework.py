@@ -151,6 +151,9 @@ async def read_json(request: web.Request, limit: int, *, optional: bool = False)
 
 # A big answer is written in parts of this size, each within the write timeout.
 SEND_PART = 256 * 1024
+# An answer this small goes out at once, as any other: the transport's buffer takes it
+# whole (its high-water mark), so nothing waits on the client.
+SEND_AT_ONCE = 64 * 1024
 
 
 async def send(request: web.Request, body: bytes, headers: dict[str, str],
@@ -158,7 +161,10 @@ async def send(request: web.Request, body: bytes, headers: dict[str, str],
     """A JSON 200 written in parts, each waiting for the client to drain the one before
     (back-pressure): the answer is sent before the handler returns, so the bytes it holds
     are given back only once they are out. A client that reads nothing for
-    ``write_timeout`` seconds loses the connection (as nginx's send_timeout)."""
+    ``write_timeout`` seconds loses the connection (as nginx's send_timeout). An answer
+    of at most ``SEND_AT_ONCE`` bytes is an ordinary response (no waiting, no parts)."""
+    if len(body) <= SEND_AT_ONCE:
+        return web.Response(body=body, content_type=JSON, headers=headers)
     response = web.StreamResponse(headers=headers)
     response.content_type = JSON
     response.content_length = len(body)
