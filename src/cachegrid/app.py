@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +22,8 @@ from cachegrid.config import Config
 from cachegrid.coord.commands import Admin, Executor
 from cachegrid.coord.coordinator import Coordinator, CoordSettings
 from cachegrid.coord.etcd import Etcd
+from cachegrid.coord.invalidation import Publisher
+from cachegrid.errors import Unavailable
 from cachegrid.http.admin import AdminApi
 from cachegrid.http.api import ENVELOPE_BYTES, Api, Limits
 from cachegrid.http.framework import add_not_found
@@ -29,6 +31,7 @@ from cachegrid.http.peers import Forwarder
 from cachegrid.lifecycle import uncancellable, unless_stopped
 from cachegrid.localcache import LocalCache
 from cachegrid.metrics import Metrics
+from cachegrid.serving.leases import HolderLeases, LeaseSettings, OwnerLeases
 from cachegrid.serving.owner import Node
 from cachegrid.serving.routing import Router
 from cachegrid.store.quorum import QuorumStore, open_store
@@ -45,21 +48,30 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     forwarder = Forwarder(timeout=settings.forward_timeout)
     metrics = Metrics()
     coordinator = Coordinator(etcd, coord_settings(config))
+    leases = lease_settings(config)
+    publisher = Publisher(etcd, config.etcd.prefix, settings.node_id)
+    owner_leases = OwnerLeases(settings.node_id, settings.advertised, coordinator, publisher,
+                               leases, metrics)  # fmt: skip
+    holder = HolderLeases(settings.node_id, coordinator, forwarder, leases, metrics)
     node = Node(
         settings.node_id,
         coordinator,
         store,
-        LocalCache(settings.cache_max_entries, settings.cache_max_bytes),
+        # Entries with live read leases are pinned: their holders serve them.
+        LocalCache(settings.cache_max_entries, settings.cache_max_bytes, owner_leases.has_rows),
         hold=settings.handoff_hold,
         metrics=metrics,
         stale_check_every=settings.stale_check_every,
         stale_checks_per_second=settings.stale_checks_per_second,
+        leases=owner_leases,
     )
-    coordinator.attach(on_release=node.release, on_admin=Executor(node).apply)
+    coordinator.attach(on_release=releaser(coordinator, node, holder),
+                       on_admin=Executor(node, holder).apply,
+                       on_invalidation=holder.apply_record)  # fmt: skip
     admin_api = AdminApi(node, coordinator, Admin(etcd, config.etcd.prefix), store, forwarder,
                          settings.admin_token)  # fmt: skip
     app = web.Application(client_max_size=config.store.max_value_bytes + ENVELOPE_BYTES)
-    router = Router(node, forwarder, ByteBudget(settings.max_bytes_in_flight))
+    router = Router(node, forwarder, ByteBudget(settings.max_bytes_in_flight), holder)
     limits = Limits(
         max_key_bytes=config.store.max_key_bytes, max_value_bytes=config.store.max_value_bytes,
         max_batch=settings.max_batch_keys, max_in_flight=settings.max_in_flight_requests,
@@ -68,7 +80,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     Api(node, coordinator, router, limits).add_routes(app)
     admin_api.add_routes(app)
     add_not_found(app)
-    add_gauges(metrics, coordinator, node, store, router.budget)
+    add_gauges(metrics, coordinator, node, store, router.budget, holder)
     # No access log: it would read attributes that pre-encoded hit answers lack (http/wire.py).
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -88,6 +100,29 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         # Shielded: a node cancelled while stopping still revokes its lease (others take
         # over at once) and closes its connections.
         await uncancellable(_shutdown(coordinator, node, runner, forwarder, store, etcd))
+
+
+def releaser(coordinator: Coordinator, node: Node,
+             holder: HolderLeases) -> Callable[[bool], Awaitable[None]]:  # fmt: skip
+    """What coordination calls before it acks a ring (or after a lost lease, a
+    re-snapshot): copies held here whose key moved go first (all of them on ``drop_all``),
+    then the node releases what it no longer owns."""
+
+    def owner_of(key: str) -> str | None:
+        ring = coordinator.ring
+        try:
+            return ring.owner(key) if ring is not None else None
+        except Unavailable:  # no member has weight: nobody owns it
+            return None
+
+    async def release(drop_all: bool) -> None:
+        if drop_all:
+            holder.drop_all()
+        else:
+            holder.drop_moved(owner_of)
+        await node.release(drop_all)
+
+    return release
 
 
 async def _shutdown(coordinator: Coordinator, node: Node, runner: web.AppRunner,
@@ -120,7 +155,7 @@ async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
 
 
 def add_gauges(metrics: Metrics, coordinator: Coordinator, node: Node, store: QuorumStore,
-               budget: ByteBudget) -> None:  # fmt: skip
+               budget: ByteBudget, holder: HolderLeases) -> None:  # fmt: skip
     def slack() -> float:
         return coordinator.session.slack() if coordinator.session else 0.0
 
@@ -154,6 +189,20 @@ def add_gauges(metrics: Metrics, coordinator: Coordinator, node: Node, store: Qu
     ]  # fmt: skip
     for name, documentation, read in gauges:
         metrics.gauge(name, documentation, read)
+    metrics.labelled_gauge(
+        "cachegrid_read_leases",
+        "Read leases: copies this node holds of others' keys (held), rows of its grant table "
+        "(granted; some may have expired since).", "side",
+        {"held": lambda: len(holder.copies),
+         "granted": lambda: len(node.leases.table) if node.leases else 0},
+    )  # fmt: skip
+
+
+def lease_settings(config: Config) -> LeaseSettings:
+    node = config.node
+    return LeaseSettings(threshold=node.read_lease_threshold, term=node.read_lease_ttl,
+                         margin=node.read_lease_margin,
+                         max_write_rate=node.read_lease_max_write_rate)  # fmt: skip
 
 
 def coord_settings(config: Config) -> CoordSettings:

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "CACHEGRID_"
+# Seconds allowed for one etcd round in the rules between settings.
+ETCD_ROUND = 0.25
 
 
 class ConfigError(ValueError):
@@ -116,6 +118,16 @@ class NodeConfig:
     # Seconds to wait, at start, for another process holding this node's id (a previous
     # run whose lease has not expired) to let go of it; then exit with an error.
     id_wait: float = 15.0
+    # Read leases (docs/read-leases.md): a key read more than this many times per second
+    # through a node that does not own it gets a copy there, served with no forward (0: off).
+    read_lease_threshold: float = 20.0
+    # Seconds one lease lasts (renewed at half of it while the key stays hot), and the
+    # allowance for clock-rate drift between nodes (at least 5% of the term).
+    read_lease_ttl: float = 1.0
+    read_lease_margin: float = 0.1
+    # Writes per second of one key above which its owner stops granting leases on it (each
+    # write of a leased key costs an etcd round first); 0: no limit.
+    read_lease_max_write_rate: float = 10.0
 
     @property
     def node_id(self) -> str:
@@ -153,6 +165,21 @@ class NodeConfig:
             found.append("node.lease_margin: must be >= 0 and under a third of node.lease_ttl")
         if any(c in self.id for c in "/ \t\n"):
             found.append("node.id: must not contain '/' or white space")
+        return found + self._lease_problems()
+
+    def _lease_problems(self) -> list[str]:
+        found = _positive("node", self, "read_lease_ttl")
+        if self.read_lease_threshold < 0 or self.read_lease_max_write_rate < 0:
+            found.append("node.read_lease_threshold, read_lease_max_write_rate: must be >= 0")
+        if not self.read_lease_ttl * 0.05 <= self.read_lease_margin < self.read_lease_ttl:
+            found.append("node.read_lease_margin: must be at least 5% of node.read_lease_ttl "
+                         "and under it")  # fmt: skip
+        if (self.read_lease_threshold and self.read_lease_ttl + self.read_lease_margin
+                > (self.lease_ttl - self.lease_margin) * 2 / 3):  # fmt: skip
+            found.append(
+                "node.read_lease_ttl: with read_lease_margin, must not exceed 2/3 of "
+                "(node.lease_ttl - node.lease_margin): terms are cut to the lease"
+            )
         return found
 
 
@@ -185,9 +212,26 @@ def load(
         layers.setdefault(section, {})[name] = value
     config = _build(layers, problems)
     problems += config.etcd.problems() + config.store.problems() + config.node.problems()
+    problems += _cross_problems(config)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _cross_problems(config: Config) -> list[str]:
+    """Rules across sections: a write of a leased key may first wait out a dead holder's
+    lease (term + margin) and an etcd round, then the store, all within the deadline of a
+    forwarded request and of a handoff's hold."""
+    node = config.node
+    if not node.read_lease_threshold:
+        return []
+    need = config.store.timeout + ETCD_ROUND + node.read_lease_ttl + 2 * node.read_lease_margin
+    return [
+        f"node.{name}: must exceed store.timeout + {ETCD_ROUND} s + read_lease_ttl + "
+        f"2 x read_lease_margin = {need:.2f} s (or turn read leases off)"
+        for name in ("forward_timeout", "handoff_hold")
+        if getattr(node, name) <= need
+    ]
 
 
 def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:

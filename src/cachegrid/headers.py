@@ -8,3 +8,4 @@ JSON = "application/json"
 NODE_HEADER = "X-Cachegrid-Node"  # the owner that served the key
 EPOCH_HEADER = "X-Cachegrid-Epoch"  # the forwarding node's ring epoch
 HOPS_HEADER = "X-Cachegrid-Hops"  # how many times a request was forwarded
+REPLICA_HEADER = "X-Cachegrid-Replica"  # the node that answered from its read-lease copy

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
+    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
@@ -136,6 +137,22 @@ class Metrics:
         self.stale_checks = self._count(
             "cachegrid_stale_checks", "Cache hits re-read from the store by the detector."
         )
+        self.replica_hits = self._count(
+            "cachegrid_replica_hits",
+            "GETs answered from a copy held under a read lease (X-Cache: replica).",
+        )
+        self.lease_refusals = self._counters(
+            "cachegrid_read_lease_refused",
+            "Read-lease asks the owner refused, by reason (written_often: the key is written "
+            "too often for leases to pay).", ("reason",))  # fmt: skip
+        self.install_refusals = self._counters(
+            "cachegrid_read_lease_install_refused",
+            "Grants a holder did not install (withdrawn: a record, flush or ring change came "
+            "first), by reason.", ("reason",))  # fmt: skip
+        self.invalidation_wait = self._histograms(
+            "cachegrid_invalidation_wait_seconds",
+            "Time an owner waited for holders to drop their copies (acked by all, or some "
+            "waited out until their lease expired).", ("outcome",), LATENCY_BUCKETS)  # fmt: skip
         self.registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
@@ -148,6 +165,11 @@ class Metrics:
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time (lease slack, ring epoch, cache size...)."""
         Gauge(name, documentation, registry=self.registry).set_function(read)
+
+    def labelled_gauge(self, name: str, documentation: str, label: str,
+                       reads: dict[str, Callable[[], float]]) -> None:  # fmt: skip
+        """A gauge with one label, each series read at scrape time."""
+        self.registry.register(_LabelledGauge(name, documentation, label, reads))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -169,3 +191,20 @@ class Metrics:
     def _distribution(self, name: str, documentation: str,
                       buckets: tuple[float, ...]) -> Distribution:  # fmt: skip
         return self._histograms(name, documentation, (), buckets).labels()
+
+
+class _LabelledGauge:
+    """A collector of one gauge family whose series are read at scrape time."""
+
+    def __init__(self, name: str, documentation: str, label: str,
+                 reads: dict[str, Callable[[], float]]) -> None:  # fmt: skip
+        self.name, self.documentation, self.label, self.reads = name, documentation, label, reads
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, read in self.reads.items():
+            family.add_metric([value], read())
+        yield family
+
+    def describe(self) -> list[Metric]:
+        return []

@@ -19,7 +19,7 @@ import bisect
 import functools
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cachegrid.errors import Unavailable
@@ -42,6 +42,9 @@ class Member:
     node_id: str
     addr: str  # host:port of its HTTP API
     weight: int = 1
+    # Which registration of the node this is (read leases belong to one); not part of
+    # the member's identity on the ring.
+    incarnation: str = field(default="", compare=False)
 
 
 class Ring:

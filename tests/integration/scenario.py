@@ -10,6 +10,9 @@ show that it did:
 - ``Sampler``: the nodes' gauges (ring epoch, lease slack, replicas trusted...) polled
   while the workload runs, so a scenario can require a lease lapse, a replica in doubt,
   keys moving.
+- ``Prober``: every key read through every node every 0.2 s with a short timeout, apart
+  from the clients, so a key's unavailability is measured by the cluster's answers alone
+  (when a node stops answering, every client may sit on it for its whole timeout).
 - ``ScenarioResult.require``: each scenario states its evidence as checked conditions with
   the measured numbers; they form the last column of docs/linearizability.md's table.
 """
@@ -96,6 +99,41 @@ class Sampler:
                 if name in s.values and url in (None, s.url)]  # fmt: skip
 
 
+class Prober:
+    """Reads each key through each node every ``every`` seconds (``timeout`` each), and
+    keeps when each probe ended and whether the node answered it (200 or 404)."""
+
+    def __init__(self, urls: list[str], keys: list[str], every: float = 0.2,
+                 timeout: float = 0.5) -> None:  # fmt: skip
+        self.urls, self.keys, self.every, self.timeout = urls, keys, every, timeout
+        self.probes: list[tuple[float, str, str, bool]] = []  # (ended, url, key, answered)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while not stop.is_set():
+                await asyncio.gather(*(self._probe(http, url, key)
+                                       for url in self.urls for key in self.keys))  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.every)
+
+    async def _probe(self, http: aiohttp.ClientSession, url: str, key: str) -> None:
+        try:
+            async with http.get(f"{url}/v1/kv/{key}") as response:
+                answered = response.status in (200, 404)
+        except (aiohttp.ClientError, TimeoutError):
+            answered = False
+        self.probes.append((time.monotonic(), url, key, answered))
+
+    def key_gap(self, urls: list[str]) -> float:
+        """The longest time one key went without an answer through any of ``urls``."""
+        gaps = [0.0]
+        for key in self.keys:
+            gaps.append(longest_gap(t for t, url, k, ok in self.probes
+                                    if k == key and ok and url in urls))  # fmt: skip
+        return max(gaps)
+
+
 @dataclass
 class ScenarioResult:
     name: str
@@ -103,6 +141,7 @@ class ScenarioResult:
     window: tuple[float, float]  # when the workload started and ended
     events: Events
     sampler: Sampler
+    prober: Prober
     violations: list[str]
     shared_batches: dict[str, int]  # calls with more than one key, by kind (batching.py)
     fills: int  # store reads made to fill caches (after single-flight), surviving nodes
@@ -115,6 +154,11 @@ class ScenarioResult:
         for op in self.history:
             counts[op.outcome] = counts.get(op.outcome, 0) + 1
         return counts
+
+    @property
+    def replica_hits(self) -> int:
+        """Reads answered from a read-lease copy, checked with the rest."""
+        return sum(op.cache == "replica" and op.outcome == OK for op in self.history)
 
     @property
     def definite(self) -> int:
@@ -130,15 +174,10 @@ class ScenarioResult:
         """Longest time with no successful op at all, in seconds."""
         return longest_gap(op.completed for op in self.history if op.outcome == OK)
 
-    def key_gap(self, urls: list[str] | None = None) -> float:
-        """The longest time one key went without a successful op (through ``urls``): how
-        long the keys of a lost owner waited before another node served them."""
-        gaps = [0.0]
-        for key in {op.key for op in self.history}:
-            done = [op.completed for op in self.history if op.key == key and op.outcome == OK
-                    and (urls is None or op.url in urls)]  # fmt: skip
-            gaps.append(longest_gap(done))
-        return max(gaps)
+    def key_gap(self, urls: list[str]) -> float:
+        """The longest time one key went unanswered by all of ``urls`` (the prober's reads):
+        how long the keys of a lost owner waited before another node served them."""
+        return self.prober.key_gap(urls)
 
     def ops(self, *, url: str | None = None, outcome: str | None = None,
             after: float = 0.0, before: float = float("inf")) -> list[Op]:  # fmt: skip
@@ -175,6 +214,7 @@ class ScenarioResult:
         cells = [self.name, len(self.history), outcomes.get("ok", 0),
                  outcomes.get("failed", 0), outcomes.get("unknown", 0),
                  f"{self.availability:.1%}", len(self.violations), f"{self.longest_gap:.2f} s",
+                 self.replica_hits,
                  ", ".join(f"{c} {n}" for c, n in sorted(self.shared_batches.items())),
                  self.fills, self.store_reads, "; ".join(self.evidence)]  # fmt: skip
         return "| " + " | ".join(str(cell) for cell in cells) + " |"
@@ -194,13 +234,16 @@ async def run_scenario(
     final_urls: list[str] | None = None,
     seed: int = 0,
     keys: list[str] | None = None,
+    readers: int = 6,
 ) -> ScenarioResult:
     """Record a history while ``fault`` runs (starting 1 s in), then read every key
-    through every surviving node, and check it all. Six keys unless ``keys`` says."""
+    through every surviving node, and check it all. Six keys unless ``keys`` says, and two
+    read-mostly keys that ``readers`` read through every node (read leases copy them)."""
     keys = keys or [f"lin-{i}" for i in range(6)]
-    recorder = Recorder(urls, keys, seed=seed)
-    sampler, stop_sampling = Sampler(urls), asyncio.Event()
-    sampling = asyncio.create_task(sampler.run(stop_sampling))
+    read_keys = [f"{keys[0]}-r{i}" for i in range(2)]
+    recorder = Recorder(urls, keys, seed=seed, read_keys=read_keys, readers=readers)
+    sampler, prober, stop_sampling = Sampler(urls), Prober(urls, keys[:8]), asyncio.Event()
+    sampling = asyncio.gather(sampler.run(stop_sampling), prober.run(stop_sampling))
     start = time.monotonic()
     workload = asyncio.create_task(recorder.run(duration))
     await asyncio.sleep(1.0)
@@ -210,7 +253,7 @@ async def run_scenario(
     end = time.monotonic()
     stop_sampling.set()
     await sampling
-    final = Recorder(final_urls or urls, keys, seed=seed)
+    final = Recorder(final_urls or urls, keys + read_keys, seed=seed)
     final._ids = 10**7  # distinct op ids
     unanswered = await final.read_all(deadline=time.monotonic() + 30)
     history = recorder.history + final.history
@@ -219,7 +262,7 @@ async def run_scenario(
     violations += [f"{key} never readable through {url} after healing" for key, url in unanswered]
     survivors = final_urls or urls
     return ScenarioResult(
-        name, recorder.history, (start, end), events, sampler, violations,
+        name, recorder.history, (start, end), events, sampler, prober, violations,
         await shared_batches(survivors), await metric_sum(survivors, "cachegrid_fills_total"),
         await metric_sum(survivors, 'cachegrid_store_quorum_seconds_count{op="read"}'),
     )  # fmt: skip

@@ -49,11 +49,16 @@ def report(result: ScenarioResult) -> None:
             table.write(result.row() + "\n")
 
 
-def lease_takeover(result: ScenarioResult, survivors: list[str]) -> None:
-    """The lost owner's keys moved: some key went unserved while its lease ran out (not the
-    few milliseconds between two ops), then another node served it within TAKEOVER."""
+def lease_takeover(result: ScenarioResult, survivors: list[str], unserved: float = 0.5) -> None:
+    """The lost owner's keys moved: some key went unanswered by the survivors for at least
+    ``unserved`` seconds while its lease ran out (more than the 0.2 s between two probes),
+    then another node served it within TAKEOVER. Measured by the prober (scenario.py), not
+    by the clients: they may all sit on a paused node for their 3 s timeout, which says
+    nothing of the cluster. A node cut off from etcd serves until its own deadline, so its
+    keys go unanswered only from then until etcd expires its lease and another activates:
+    ``unserved`` 0.3 s (one round of probes missed at least)."""
     gap = result.key_gap(survivors)
-    result.require(0.5 <= gap <= TAKEOVER,
+    result.require(unserved <= gap <= TAKEOVER,
                    f"its keys served elsewhere after {gap:.2f} s (≤ {TAKEOVER} s)")  # fmt: skip
     ring_moved(result, survivors[0], at_least=1)
 
@@ -76,10 +81,15 @@ def lease_lapsed(result: ScenarioResult, url: str) -> None:
     result.require(bool(slack) and min(slack) <= 0, "its lease lapsed (slack sampled ≤ 0)")
 
 
+# Read leases on, for keys read 5 times a second through a node, however often written.
+LEASES = "read_lease_threshold = 5\nread_lease_max_write_rate = 0\n"
+
+
 async def start(fresh_cluster, **options):
     """A cluster whose caches hold one entry: each node owns about two of the 6 keys, so
-    reads keep evicting each other and every scenario drives the store's read path (fills)."""
-    options.setdefault("node_config", "cache_max_entries = 1\n")
+    reads keep evicting each other and every scenario drives the store's read path (fills).
+    Read leases are on: the read-mostly keys are copied to every node."""
+    options.setdefault("node_config", "cache_max_entries = 1\n" + LEASES)
     return await asyncio.to_thread(fresh_cluster, **options)
 
 
@@ -251,7 +261,7 @@ async def test_a_node_cut_off_from_etcd_but_not_from_the_store(fresh_cluster) ->
         result = await run_scenario("node cut off from etcd", cluster.urls, fault)
         result.require_load(availability=0.99, longest_gap=STUCK)
         lease_lapsed(result, cluster.urls[0])
-        lease_takeover(result, cluster.urls[1:])
+        lease_takeover(result, cluster.urls[1:], unserved=0.3)
         served_again(result, cluster.urls[0], result.events.at("healed"))
         report(result)
     finally:
@@ -358,7 +368,7 @@ async def test_a_wiped_replica_while_another_lags_over_hundreds_of_keys(fresh_cl
     freeze until the store has repaired replica 1 and caught replica 0 up — and replica 2,
     which holds them, is frozen for that second. Then the same with other roles. Every
     key is read through every node at the end: a lost acknowledged write is a violation."""
-    cluster = await start(fresh_cluster, node_config="cache_max_entries = 50\n")
+    cluster = await start(fresh_cluster, node_config="cache_max_entries = 50\n" + LEASES)
 
     async def cycle(events: Events, laggard: int, victim: int, holder: int) -> None:
         cluster.redis[laggard].pause()
@@ -425,7 +435,7 @@ async def test_a_node_partitioned_by_the_kernel_from_etcd_and_a_replica(fresh_cl
                                 cluster.urls, fault, duration=10.0)  # fmt: skip
     result.require_load(availability=0.99, longest_gap=STUCK)
     lease_lapsed(result, cluster.urls[0])
-    lease_takeover(result, cluster.urls[1:])
+    lease_takeover(result, cluster.urls[1:], unserved=0.3)
     served_again(result, cluster.urls[0], result.events.at("healed"))
     report(result)
 
@@ -474,7 +484,7 @@ async def test_etcd_compacted_under_load_then_out_of_space_and_cleared(fresh_clu
 async def test_rebalances_while_fills_are_in_flight(fresh_cluster) -> None:
     """Small caches and flushes make most reads fills; rebalances move keys away and back
     while they are in flight (a fill of one activation must answer no reader of the next)."""
-    cluster = await start(fresh_cluster, node_config="cache_max_entries = 50\n")
+    cluster = await start(fresh_cluster, node_config="cache_max_entries = 50\n" + LEASES)
 
     async def fault(events: Events) -> None:
         for step in range(6):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cachegrid.http.admin import ADMIN_ROUTES
-from cachegrid.http.api import KV_ROUTE, OPS_ROUTES, PUBLIC_ROUTES
+from cachegrid.http.api import KV_ROUTE, OPS_ROUTES, PEER_ROUTES, PUBLIC_ROUTES
 
 SPEC = json.loads(resources.files("cachegrid.http").joinpath("openapi.json").read_text())
 METHODS = {"get", "head", "put", "post", "delete"}
@@ -24,7 +24,7 @@ def described() -> set[tuple[str, str]]:
 
 
 def routed() -> set[tuple[str, str]]:
-    routes = {**PUBLIC_ROUTES, **OPS_ROUTES, **ADMIN_ROUTES}
+    routes = {**PUBLIC_ROUTES, **OPS_ROUTES, **PEER_ROUTES, **ADMIN_ROUTES}
     return {(path.replace(KV_ROUTE, "/v1/kv/{key}"), method)
             for path, methods in routes.items() for method in methods}  # fmt: skip
 

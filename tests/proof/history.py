@@ -35,6 +35,7 @@ class Op:
     expected: str | None = None  # the If-Match version of a CAS
     note: str = ""  # why the outcome is what it is, when not plain (an error, a status)
     url: str = ""  # the node the op was sent to
+    cache: str = ""  # a read's X-Cache: hit, miss, or replica (a read-lease copy)
 
     @property
     def definite(self) -> bool:
@@ -49,5 +50,7 @@ class Op:
             detail += f" if-match={self.expected}"
         if self.note:
             detail += f" ({self.note})"
+        if self.cache == "replica":
+            detail += " [replica]"
         return (f"#{self.id} {self.client} {self.kind} [{self.invoked:.4f}, {end}] "
                 f"-> {self.outcome} {detail}").rstrip()  # fmt: skip

@@ -1,8 +1,9 @@
 """Concurrent clients that exercise a cluster over HTTP and record what they observe.
 
 Owns: the workload (GET, PUT, conditional PUT with If-Match and If-None-Match, DELETE, over
-a few keys with one hot key, each written value unique), and the honest classification of
-every answer into a history outcome (see history.py).
+a few keys with one hot key, each written value unique; plus readers of read-mostly keys,
+which the writers write now and then: the keys read leases copy to every node), and the
+honest classification of every answer into a history outcome (see history.py).
 
 Invariants:
 - Every op is recorded with its invocation and completion time on the monotonic clock.
@@ -51,6 +52,9 @@ class Recorder:
     hot_share: float = 0.4  # the first key gets this share of all ops
     timeout: float = 3.0
     seed: int = 0
+    read_keys: list[str] = field(default_factory=list)  # read by ``readers``, rarely written
+    readers: int = 0
+    read_key_writes: float = 0.03  # share of the writers' writes that go to read_keys
     history: list[Op] = field(default_factory=list)
     _ids: int = 0
 
@@ -59,8 +63,10 @@ class Recorder:
         stop_at = time.monotonic() + duration
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with httpclient.session(timeout=timeout) as http:
-            await asyncio.gather(*(self._client(http, f"c{n}", stop_at)
-                                   for n in range(self.clients)))  # fmt: skip
+            await asyncio.gather(
+                *(self._client(http, f"c{n}", stop_at) for n in range(self.clients)),
+                *(self._reader(http, f"r{n}", stop_at) for n in range(self.readers)),
+            )  # fmt: skip
         return self.history
 
     async def read_all(self, deadline: float) -> list[tuple[str, str]]:
@@ -89,6 +95,8 @@ class Recorder:
         while time.monotonic() < stop_at:
             key = self.keys[0] if rng.random() < self.hot_share else rng.choice(self.keys)
             kind = rng.choices([k for k, _ in MIX], [w for _, w in MIX])[0]
+            if kind != READ and self.read_keys and rng.random() < self.read_key_writes:
+                key = rng.choice(self.read_keys)
             url = rng.choice(self.urls)
             written += 1
             value = {"c": name, "n": written}
@@ -103,6 +111,16 @@ class Recorder:
             op = await self._do(http, name, url, key, kind, headers, value)
             if op.outcome == OK and op.version:
                 seen[key] = op.version
+
+    async def _reader(self, http: aiohttp.ClientSession, name: str, stop_at: float) -> None:
+        """Reads only, of the read-mostly keys, each through any node; but first a write,
+        so the keys exist (the leases copy values, not absent keys)."""
+        rng = random.Random(f"{self.seed}-{name}")
+        key = self.read_keys[int(name[1:]) % len(self.read_keys)]
+        await self._do(http, name, rng.choice(self.urls), key, WRITE, {}, {"c": name, "n": 0})
+        while time.monotonic() < stop_at:
+            key, url = rng.choice(self.read_keys), rng.choice(self.urls)
+            await self._do(http, name, url, key, READ, {}, None)
 
     async def _do(
         self, http: aiohttp.ClientSession, client: str, url: str, key: str, kind: str,
@@ -120,11 +138,13 @@ class Recorder:
             async with http.request(method, f"{url}/v1/kv/{quote(key, safe='')}", data=data,
                                     headers=headers) as response:  # fmt: skip
                 status, body = response.status, await response.read()
+                cache = response.headers.get("X-Cache", "")
         except (aiohttp.ClientError, TimeoutError) as error:
             if httpclient.may_have_been_sent(error):
                 status, body, note = 0, b"", type(error).__name__  # sent, and then lost
             else:
                 status, body, note = -1, b"", "connection refused"
+            cache = ""
         completed = time.monotonic()
         outcome, version, read_value = _classify(kind, status, body)
         if status not in (200, 404, 412) and not note:
@@ -134,7 +154,7 @@ class Recorder:
         expected = headers.get("If-Match", "").strip('"') or None
         op = Op(op_id, client, key, kind, invoked, completed, outcome,
                 read_value if kind == READ else (value if kind != DELETE else None),
-                version, expected, note, url)  # fmt: skip
+                version, expected, note, url, cache if kind == READ else "")  # fmt: skip
         self.history.append(op)
         return op
 

@@ -15,7 +15,8 @@ def test_shipped_file_is_valid_and_states_the_defaults() -> None:
 
 def test_environment_overrides_file_and_flags_override_environment(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[store]\ntimeout = 2.0\nreplicas = ["h:1", "h:2", "h:3"]\n')
+    path.write_text('[store]\ntimeout = 2.0\nreplicas = ["h:1", "h:2", "h:3"]\n'
+                    "[node]\nforward_timeout = 4.0\nhandoff_hold = 4.0\n")  # fmt: skip
     env = {"CACHEGRID_STORE_TIMEOUT": "0.25", "CACHEGRID_STORE_REPLICAS": "a:1, b:2,c:3"}
     config = load(path, environ=env, overrides={"store.max_in_flight": 8})
     assert config.store.timeout == 0.25
@@ -76,3 +77,21 @@ def test_the_default_node_id_never_collides_across_hosts(monkeypatch: pytest.Mon
     assert load(overrides={"node.listen": "127.0.0.1:8000"}).node.node_id == "node-8000"
     assert load(overrides={"node.listen": "0.0.0.0:8000"}).node.node_id == "metadata-7-8000"
     assert load(overrides={"node.listen": "0.0.0.0:8000", "node.id": "a"}).node.node_id == "a"
+
+
+def test_read_lease_settings_are_checked_against_the_deadlines_they_must_fit() -> None:
+    """A write of a leased key may wait out a dead holder (term + margin) before the store:
+    forwards and handoff holds must outlast that; terms must fit the node's own lease."""
+    config = load(None, environ={"CACHEGRID_NODE_READ_LEASE_THRESHOLD": "50"})
+    assert (config.node.read_lease_threshold, config.node.read_lease_ttl) == (50.0, 1.0)
+    with pytest.raises(ConfigError) as error:
+        load(
+            None, environ={}, overrides={"node.read_lease_ttl": 3.0, "node.read_lease_margin": 0.01}
+        )
+    assert sorted(p.split(":")[0] for p in error.value.problems) == [
+        "node.forward_timeout", "node.handoff_hold", "node.read_lease_margin",
+        "node.read_lease_ttl",
+    ]  # fmt: skip
+    off = load(None, environ={}, overrides={"node.read_lease_threshold": 0,
+                                            "store.timeout": 5.0})  # fmt: skip
+    assert off.node.read_lease_threshold == 0

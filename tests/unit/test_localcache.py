@@ -50,3 +50,23 @@ def test_the_accounted_size_covers_body_key_and_overhead() -> None:
     e = entry("key", size=10)
     assert e.size == len(e.body) + len(e.head) + len("key") + ENTRY_OVERHEAD
     assert e.body == b'{"key":"key","value":"xxxxxxxxxx","version":"1.1"}'
+
+
+def test_eviction_passes_over_pinned_entries_and_keeps_the_bounds() -> None:
+    """Entries with live read leases stay (their holders serve them); when only they could
+    make room, the new entry is not cached, and the count and byte bounds still hold."""
+    pinned = {"a"}
+    cache = LocalCache(max_entries=2, max_bytes=10**6, pinned=pinned.__contains__)
+    for key in ("a", "b", "c"):
+        cache.put(key, entry(key))
+    assert cache.get("a") is not None
+    assert cache.get("b") is None
+    assert len(cache) == 2
+    pinned.add("c")
+    cache.put("d", entry("d"))
+    assert cache.get("d") is None
+    assert {k for k in ("a", "c") if cache.get(k)} == {"a", "c"}
+    pinned.clear()
+    cache.put("d", entry("d"))
+    assert cache.get("d") is not None
+    assert len(cache) == 2

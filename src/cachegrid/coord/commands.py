@@ -41,8 +41,9 @@ class Flushable(Protocol):
 class Executor:
     """Carries out a command on this node; the result is stored for the issuer."""
 
-    def __init__(self, node: Flushable) -> None:
+    def __init__(self, node: Flushable, copies: Flushable | None = None) -> None:
         self.node = node
+        self.copies = copies  # read-lease copies held here: a flush drops them too
 
     async def apply(self, raw: bytes) -> dict[str, Any]:
         try:
@@ -58,8 +59,10 @@ class Executor:
         if command.get("op") != "flush":
             return {"status": "ignored", "reason": f"unknown op {command.get('op')!r}"}
         args = command.get("args", {})
-        flushed = self.node.flush(keys=args.get("keys"), prefix=args.get("prefix"))
-        return {"status": "applied", "flushed": flushed}
+        keys, prefix = args.get("keys"), args.get("prefix")
+        flushed = self.node.flush(keys=keys, prefix=prefix)
+        dropped = self.copies.flush(keys=keys, prefix=prefix) if self.copies else 0
+        return {"status": "applied", "flushed": flushed, "copies_dropped": dropped}
 
 
 class Admin:

@@ -26,8 +26,14 @@ Invariants:
   ``identity_lost``), the session is abandoned: a node never serves under an id it does
   not hold. A second process with a live id waits ``id_wait`` seconds for it to go (a
   previous run's lease expiring), then gives up (``DuplicateNodeId``).
+- Read-lease drop records (``inval/``) are handed to ``on_invalidation`` as they are
+  applied, from the watch and from snapshots, uninterpreted; it must not block.
+- The member lease is revoked (so others take over at once) only after a release with
+  nothing served has completed: read leases on our keys are revoked by then. A stop whose
+  release does not complete in ``LEAVE_GRACE`` leaves the lease to expire instead.
 - Life cycle: ``start`` then ``stop``; ``stop`` returns once every loop has ended, and
-  revokes the lease even if the task running it is cancelled meanwhile.
+  revokes the lease (or lets it expire, see above) even if the task running it is
+  cancelled meanwhile.
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ log = logging.getLogger(__name__)
 
 # Seconds ``stop`` waits for the background loops to end before revoking the lease anyway.
 STOP_GRACE = 2.0
+# Seconds ``stop`` waits for the last release (writes drained, read leases revoked).
+LEAVE_GRACE = 10.0
 
 
 class DuplicateNodeId(CachegridError):
@@ -88,6 +96,8 @@ ReleaseFn = Callable[[bool], Awaitable[None]]
 # Called with each admin command record (raw); returns the node's result, stored for the
 # issuer (commands.py's ``Executor.apply``, which never raises).
 AdminFn = Callable[[bytes], Awaitable[dict[str, Any]]]
+# Called with each read-lease drop record (raw), synchronously.
+InvalidationFn = Callable[[bytes], None]
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,7 @@ class Coordinator:
         self._etcd = etcd
         self._on_release = on_release
         self._on_admin = on_admin
+        self._on_invalidation: InvalidationFn = lambda raw: None
         self._on_change = on_change or (lambda: None)
         self._clock = clock
         self._keys = Keyspace.of(settings.prefix)
@@ -147,12 +158,13 @@ class Coordinator:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # the background loops, by name
         self._stopping = False
 
-    def attach(self, *, on_release: ReleaseFn | None = None,
-               on_admin: AdminFn | None = None) -> None:  # fmt: skip
+    def attach(self, *, on_release: ReleaseFn | None = None, on_admin: AdminFn | None = None,
+               on_invalidation: InvalidationFn | None = None) -> None:  # fmt: skip
         """Set the callbacks once the objects they call exist (the node is built after
         its coordinator, which it needs). Before ``start``."""
         self._on_release = on_release or self._on_release
         self._on_admin = on_admin or self._on_admin
+        self._on_invalidation = on_invalidation or self._on_invalidation
 
     def __repr__(self) -> str:
         slack = f"{self.session.slack():.2f}s" if self.session else "-"
@@ -179,6 +191,21 @@ class Coordinator:
     @property
     def ring(self) -> Ring | None:
         return self.ownership.current
+
+    @property
+    def member_lease(self) -> int:
+        """The id of the lease we serve under now (0: none)."""
+        session = self.session
+        return session.lease_id if session is not None else 0
+
+    def lease_slack(self) -> float:
+        """Seconds before the local lease deadline (0 without a session)."""
+        return self.session.slack() if self.session is not None else 0.0
+
+    def is_member(self, node_id: str, incarnation: str) -> bool:
+        """True if that incarnation of ``node_id`` is a member in the applied view."""
+        member = self._members.get(node_id)
+        return member is not None and member.incarnation == incarnation
 
     @property
     def write_epoch(self) -> int:
@@ -250,7 +277,18 @@ class Coordinator:
                             ", ".join(sorted(t.get_name() for t in stuck)))  # fmt: skip
         self._tasks = {}
         if self.session is not None:
-            await self.session.close(revoke=True)
+            await self.session.close(revoke=await self._released_before_leaving())
+
+    async def _released_before_leaving(self) -> bool:
+        """Release everything (nothing is served now); True once done. Until then read
+        leases on our keys may be live: revoking the member lease would let the next
+        owner activate under them (F1 of docs/design/read-leases-review.md)."""
+        try:
+            await asyncio.wait_for(self._release(drop_all=True), LEAVE_GRACE)
+            return True
+        except Exception:  # TimeoutError, or a release that failed: let the lease expire
+            log.exception("release before leaving did not complete: the lease will expire")
+            return False
 
     # -- registration and lease -------------------------------------------------------
 
@@ -377,6 +415,9 @@ class Coordinator:
             if item.key.startswith(self._keys.members):
                 self._read_member(item)
                 newest_put = max(newest_put, item.mod_revision)
+        for item in snapshot.items:
+            if item.key.startswith(self._keys.invalidations):
+                self._on_invalidation(item.value)
         ours = next((i for i in snapshot.items if i.key == self._member_key), None)
         self._check_identity(self._member_key, ours.lease if ours else None)
         current = self.ownership.current
@@ -422,6 +463,8 @@ class Coordinator:
                     await self._rewrite_member()  # its own event then changes the ring
         elif event.key.startswith(self._keys.commands) and event.kind == "put":
             await self._run_admin(event)
+        elif event.key.startswith(self._keys.invalidations) and event.kind == "put":
+            self._on_invalidation(event.value)
         # Only now, with the ring applied and released, does the event count as applied.
         self.applied_revision = event.revision
         async with self._changed:

@@ -9,6 +9,9 @@ Keys under ``<prefix>/``:
                         outlives the node); the node re-registers with it
     admin/<id>          {"id", "op", "args"}  an admin command, under a short lease of its own
     admin-done/<id>/<node-id>  {...}  a node's result, under the command's lease
+    inval/<node-id>/<id>  a read-lease drop record of the owner <node-id> (its holders drop
+                        their copies and acknowledge to it directly), under a short lease
+                        that the owner rotates, so records expire by themselves
 
 Owns: the names, and parsing them back (which node a key names). No I/O.
 Invariant: every key of the cluster starts with ``root``, so one watch sees them all.
@@ -46,6 +49,13 @@ class Keyspace:
     @property
     def commands(self) -> bytes:
         return self.root + b"admin/"
+
+    @property
+    def invalidations(self) -> bytes:
+        return self.root + b"inval/"
+
+    def invalidation(self, node_id: str, record_id: str) -> bytes:
+        return self.invalidations + node_id.encode() + b"/" + record_id.encode()
 
     def member(self, node_id: str) -> bytes:
         return self.members + node_id.encode()

@@ -38,7 +38,8 @@ def parse_member(node_id: str, value: bytes) -> Member | None:
     """The member a ``members/<id>`` record describes; None if it is malformed."""
     try:
         record = orjson.loads(value)
-        return Member(node_id, str(record["addr"]), int(record["weight"]))
+        return Member(node_id, str(record["addr"]), int(record["weight"]),
+                      str(record.get("incarnation", "")))  # fmt: skip
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
 

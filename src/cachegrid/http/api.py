@@ -10,6 +10,10 @@ Invariants:
 - Every response names the node that served it as owner (``X-Cachegrid-Node``), forwarded
   or not; a forwarded one also carries this node's ring epoch (``X-Cachegrid-Epoch``) so a
   client can tell its routing was stale.
+- A key this node holds a read-lease copy of (serving/leases.py) is answered from it with
+  no I/O: ``X-Cache: replica``, ``X-Cachegrid-Node`` the owner, ``X-Cachegrid-Replica`` this
+  node. A batchGet's ``lease`` member (a peer asking leases) is honoured only one hop from
+  its sender, with ``detail``.
 - No business logic here: ownership, caching and versions live in the serving layer.
 """
 
@@ -31,7 +35,7 @@ from cachegrid.errors import (
     Unavailable,
     VersionMismatch,
 )
-from cachegrid.headers import EPOCH_HEADER, JSON, NODE_HEADER
+from cachegrid.headers import EPOCH_HEADER, JSON, NODE_HEADER, REPLICA_HEADER
 from cachegrid.http.conditions import condition_of
 from cachegrid.http.framework import (
     Admission,
@@ -49,6 +53,9 @@ from cachegrid.http.wire import EncodedResponse, HitPrefix, usable
 from cachegrid.keys import check_key
 from cachegrid.localcache import Entry
 from cachegrid.ring import Ring
+from cachegrid.serving.copies import Copy
+from cachegrid.serving.grants import Holder
+from cachegrid.serving.leases import ACK_PATH
 from cachegrid.serving.owner import Condition, Node, NotOwner
 from cachegrid.serving.ports import PeerAnswer
 from cachegrid.serving.routing import Router
@@ -64,6 +71,8 @@ PUBLIC_ROUTES: Routes = {
     "/v1/ring": {"GET": "ring"},
     "/v1/openapi.json": {"GET": "openapi"},
 }
+# Node-to-node routes (read-lease acknowledgements).
+PEER_ROUTES: Routes = {ACK_PATH: {"POST": "lease_ack"}}
 OPS_ROUTES: Routes = {
     "/healthz": {"GET": "healthz"},
     "/readyz": {"GET": "readyz"},
@@ -75,7 +84,7 @@ OPENAPI = resources.files("cachegrid.http").joinpath("openapi.json").read_bytes(
 # Room for the {"value": ...} envelope around the largest value.
 ENVELOPE_BYTES = 64 * 1024
 # Headers a 304 keeps from the 200 it stands for (RFC 9110 §15.4.5).
-NOT_MODIFIED_HEADERS = ("ETag", "X-Cache", NODE_HEADER, EPOCH_HEADER)
+NOT_MODIFIED_HEADERS = ("ETag", "X-Cache", NODE_HEADER, REPLICA_HEADER, EPOCH_HEADER)
 # Request headers forwarded to the owner with the request.
 FORWARDED = ("Content-Type", "If-Match", "If-None-Match")
 
@@ -115,12 +124,15 @@ class Api:
         self.node_id = node.node_id
         self._hit_prefix = HitPrefix(self.node_id, "hit")
         self._miss_prefix = HitPrefix(self.node_id, "miss")
+        self._replica_prefixes: dict[str, HitPrefix] = {}  # by owner (one per member)
 
     def add_routes(self, app: web.Application) -> None:
         """Every route, each with a JSON 405 for other methods; a JSON 404 for the rest."""
         add_table(app, bind(self, PUBLIC_ROUTES), self.node_id, self.node.metrics,
                   self.admission)  # fmt: skip
         add_table(app, bind(self, OPS_ROUTES), self.node_id, self.node.metrics)
+        add_table(app, bind(self, PEER_ROUTES), self.node_id, self.node.metrics,
+                  self.admission)  # fmt: skip
 
     async def metrics_page(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self.node.metrics.render(),
@@ -139,6 +151,8 @@ class Api:
         entry = self.node.hit(key)  # the hot path: no validation needed, nothing awaited
         hit = entry is not None
         if entry is None:
+            if (copy := self.router.replica(key)) is not None:
+                return self._replica_found(request, copy, encoded)
             check_key(key, self.limits.max_key_bytes)
             try:
                 entry, hit = await self.node.get(key)
@@ -177,6 +191,23 @@ class Api:
             content_type=JSON,
             headers={"ETag": entry.etag, "X-Cache": cache, NODE_HEADER: self.node_id},
         )
+
+    def _replica_found(self, request: web.Request, copy: Copy, encoded: bool) -> Answer:
+        """The 200 answer from a read-lease copy (the copy is never a tombstone)."""
+        entry = copy.entry
+        if encoded and usable(request):
+            prefix = self._replica_prefixes.get(copy.owner)
+            if prefix is None:
+                if len(self._replica_prefixes) > 1024:  # departed owners do not pile up
+                    self._replica_prefixes.clear()
+                prefix = self._replica_prefixes[copy.owner] = HitPrefix(
+                    copy.owner, "replica", self.node_id
+                )
+            return EncodedResponse(b"".join((prefix.current(), entry.head, entry.body)),
+                                   "replica")  # fmt: skip
+        headers = {"ETag": entry.etag, "X-Cache": "replica", NODE_HEADER: copy.owner,
+                   REPLICA_HEADER: self.node_id}  # fmt: skip
+        return web.Response(body=entry.body, content_type=JSON, headers=headers)
 
     async def put(self, request: web.Request) -> web.StreamResponse:
         key = key_of(request)
@@ -224,6 +255,7 @@ class Api:
         detail = document.get("detail", False)
         if not isinstance(detail, bool):
             raise BadRequest('"detail" must be true or false')
+        ask = lease_ask(document.get("lease"), hops(request), detail)
         if len(keys) > self.limits.max_batch:
             raise TooLarge(f"{len(keys)} keys in one batch, the limit is {self.limits.max_batch}")
         for index, key in enumerate(keys):
@@ -235,12 +267,27 @@ class Api:
             # Up front, what it will likely hold; never more than a capped answer can.
             most = min(3 * self.limits.max_batch_bytes, self.budget.limit)
             held.expect(min(self.router.expected_bytes(len(keys)), most))
-            items = await self.router.batch_items(keys, hops(request), detail, held)
+            items = await self.router.batch_items(keys, hops(request), detail, held, ask)
             held.need(held.answer, answer=False)  # the encoded answer, about that size
             body = orjson.dumps({"items": [items[key] for key in keys]})
             del items
             return await send(request, body, {NODE_HEADER: self.node_id},
                               self.limits.write_timeout)  # fmt: skip
+
+    async def lease_ack(self, request: web.Request) -> web.StreamResponse:
+        """A holder acknowledges a drop record: it no longer serves those copies."""
+        document = await read_json(request, 4096)
+        fields = [document.get(f) if isinstance(document, dict) else None
+                  for f in ("nonce", "seq", "holder", "inc")]  # fmt: skip
+        nonce, seq, holder_id, inc = fields
+        if not (isinstance(nonce, str) and type(seq) is int and isinstance(holder_id, str)
+                and isinstance(inc, str)):  # fmt: skip
+            raise BadRequest('the body must be {"nonce": str, "seq": int, "holder": str, '
+                             '"inc": str}')  # fmt: skip
+        holder = (holder_id, inc)
+        leases = self.node.leases
+        settled = leases is not None and leases.acked(nonce, seq, holder)
+        return json_response({"settled": settled}, self.node_id)
 
     # -- ring and health ----------------------------------------------------------------
 
@@ -300,6 +347,23 @@ def key_of(request: web.Request) -> str:
         return unquote_to_bytes(raw).decode()
     except UnicodeDecodeError as error:
         raise BadRequest("the key's percent-encoding is not valid UTF-8") from error
+
+
+def lease_ask(field: object, hops: int, detail: bool) -> tuple[Holder, set[str]] | None:
+    """A batchGet's ``lease`` member: (holder, keys) it asks leases of; None if absent.
+    Only a peer one hop away may ask (a node forwarding a batch on drops it), with
+    ``detail`` (the grant travels in the item's detail)."""
+    if field is None:
+        return None
+    if hops != 1 or not detail:
+        raise BadRequest('"lease" is for peers: one hop away, with "detail": true')
+    if not isinstance(field, dict):
+        raise BadRequest('"lease" must be {"holder", "inc", "keys"}')
+    holder, inc, keys = field.get("holder"), field.get("inc"), field.get("keys")
+    if not (isinstance(holder, str) and isinstance(inc, str) and isinstance(keys, list)
+            and all(isinstance(k, str) for k in keys)):  # fmt: skip
+        raise BadRequest('"lease" must be {"holder": str, "inc": str, "keys": [str]}')
+    return (holder, inc), set(keys)
 
 
 def parse_condition(request: web.Request) -> Condition:

@@ -22,7 +22,14 @@ from cachegrid.serving.ports import PeerAnswer
 MAX_HOPS = 2
 
 # Response headers passed back from the owner to the caller.
-PASSED_BACK = ("Content-Type", "ETag", "X-Cache", "X-Cachegrid-Node", "Retry-After")
+PASSED_BACK = (
+    "Content-Type",
+    "ETag",
+    "X-Cache",
+    "X-Cachegrid-Node",
+    "X-Cachegrid-Replica",
+    "Retry-After",
+)
 
 
 class Forwarder:

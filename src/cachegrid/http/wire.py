@@ -33,11 +33,14 @@ HIGH_WATER = 64 * 1024
 
 class HitPrefix:
     """The status line and the headers that are the same for every hit of this node
-    (``X-Cache`` is ``hit`` or ``miss``), re-encoded when the second (the Date) changes."""
+    (``X-Cache`` is ``hit``, ``miss`` or ``replica``; a replica hit also names the node
+    that answered from its copy), re-encoded when the second (the Date) changes."""
 
-    def __init__(self, node_id: str, cache: str) -> None:
+    def __init__(self, node_id: str, cache: str, replica: str = "") -> None:
+        extra = f"X-Cachegrid-Replica: {replica}\r\n" if replica else ""
         self._fixed = (
-            f"X-Cache: {cache}\r\nX-Cachegrid-Node: {node_id}\r\nContent-Type: application/json\r\n"
+            f"X-Cache: {cache}\r\nX-Cachegrid-Node: {node_id}\r\n{extra}"
+            "Content-Type: application/json\r\n"
         ).encode()
         self._second = -1
         self._bytes = b""

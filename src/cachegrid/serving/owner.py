@@ -27,6 +27,12 @@ Invariants:
   activate (``release``), and the entry is dropped.
 - A hit does no I/O and awaits nothing; at most it offers its key to the inconsistency
   detector (detector.py), which never waits.
+- Read leases (leases.py, invariant G): a write of a key revokes the key's read leases
+  under the key's write lock, before it creates a new version; a grant is made only in the
+  synchronous step of a hit, with no write of the key in flight or queued; a miss of a key
+  with live leases revokes them first, and a fill never answers a version newer than a
+  live lease's. Release revokes the leases of every key no longer served before the node
+  may ack the ring.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ from cachegrid.metrics import Metrics
 from cachegrid.ring import Member
 from cachegrid.serving.detector import StaleDetector
 from cachegrid.serving.entry import make_entry
+from cachegrid.serving.grants import Holder
+from cachegrid.serving.leases import OwnerLeases
 from cachegrid.serving.ports import OwnerView, Store
 from cachegrid.singleflight import Group
 from cachegrid.store.record import Record
@@ -139,6 +147,7 @@ class Node:
         stale_check_every: int = 100,
         stale_checks_per_second: float = 20.0,
         max_batch: int = 64,
+        leases: OwnerLeases | None = None,
     ) -> None:
         self.node_id = node_id
         self.owner = owner
@@ -152,6 +161,7 @@ class Node:
         self._locks: dict[str, asyncio.Lock] = {}  # writes in flight or queued, by key
         self._waiters: dict[str, int] = {}  # how many writes use each lock
         self._seq = 0
+        self.leases = leases  # read leases granted on keys of this node (None: never)
         self.metrics = metrics or Metrics()
         self._hit = self.metrics.cache_results.labels("hit")
         self._miss = self.metrics.cache_results.labels("miss")
@@ -200,6 +210,8 @@ class Node:
         for _attempt in range(3):
             if not self.owner.can_serve(key):
                 await self._await_serving(key)
+            if self.leases is not None and self.leases.has_rows(key):
+                await self._revoke(key)  # the leased entry left the cache: G first
             self._miss.inc()
             try:
                 entry = await self._flights.do(key, lambda: self._fill(key, self._new_fill(key)))
@@ -228,6 +240,11 @@ class Node:
         if fill.activation != self.owner.write_epoch or not self.owner.can_serve(key):
             raise _FillOutlived
         entry = make_entry(key, record)
+        if self.leases is not None and self.leases.blocks(key, entry.version):
+            # A version newer than a live lease's (an indeterminate write surfacing, a fill
+            # that overlapped a write): a holder may still serve the older one. Retry,
+            # revoking first.
+            raise _FillOutlived
         cached = self.cache.get(key)
         newer_cached = cached is not None and cached.version >= entry.version
         if not fill.invalidated and not newer_cached and key not in self._locks:
@@ -254,6 +271,10 @@ class Node:
         with self._key_lock(key) as lock:
             async with lock:
                 self._invalidate_fill(key)
+                if self.leases is not None:
+                    # Before a new version exists, no copy of an older one may be served.
+                    self.leases.wrote(key)
+                    await self.leases.revoke([key])
                 current = await self._current(key)
                 condition.check(current)
                 if value is None and current.tombstone:
@@ -319,6 +340,12 @@ class Node:
         for lock in moving:
             async with lock:  # a write holding it finishes (its store call has a deadline)
                 pass
+        if self.leases is not None:
+            # Copies of keys we no longer serve must be gone before the ack: the next owner
+            # activates on it. (Bounded: rows expire within a term.)
+            await self.leases.revoke(
+                [k for k in self.leases.leased_keys() if not self.owner.can_serve(k)]
+            )
         if drop_all:
             self.cache.clear()
             return
@@ -342,6 +369,24 @@ class Node:
                 self.cache.evict(key)
                 count += 1
         return count
+
+    # -- read leases --------------------------------------------------------------------
+
+    def grant_hit(self, key: str, entry: Entry, holder: Holder) -> float | None:
+        """A read lease on ``key`` for ``holder``, in the same synchronous step as the hit
+        that returned ``entry``; the term, or None. Never while a write of the key is in
+        flight or queued, nor on a tombstone or a key not served here."""
+        if (self.leases is None or entry.tombstone or key in self._locks
+                or not self.owner.can_serve(key)):  # fmt: skip
+            return None
+        return self.leases.grant(key, holder, entry.version)
+
+    async def _revoke(self, key: str) -> None:
+        """Revoke the read leases of ``key`` under its write lock (no grant meanwhile)."""
+        assert self.leases is not None
+        with self._key_lock(key) as lock:
+            async with lock:
+                await self.leases.revoke([key])
 
     # -- helpers ------------------------------------------------------------------------
 

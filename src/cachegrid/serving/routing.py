@@ -13,6 +13,10 @@ Invariants:
   members do not pile up.
 - batchGet returns one result per distinct key; an owner's failure becomes an error item
   for each of its keys, never a failed batch.
+- Read leases (leases.py): a key this node holds a live copy of is answered from it
+  (``cache: replica``); a forwarded batch asks leases of the keys that are hot here, at
+  one hop only (a node that forwards a batch on builds a new body: the ask is dropped), and
+  the owner grants in the same synchronous step as the hit it answers with.
 - Bytes are reserved in the node's budget (budget.py) as they arrive, before they are
   kept: each local item's body, each owner's answer (twice: as bytes and parsed), so a
   batch too big for its cap or for the node fails (413, 429) before it grows further.
@@ -29,8 +33,12 @@ import orjson
 from cachegrid.batching import Batcher
 from cachegrid.budget import ByteBudget, Reservation
 from cachegrid.errors import CachegridError, NotFound, Unavailable, status_of
-from cachegrid.headers import JSON, NODE_HEADER
+from cachegrid.headers import JSON, NODE_HEADER, REPLICA_HEADER
+from cachegrid.localcache import Entry
 from cachegrid.ring import Member
+from cachegrid.serving.copies import Copy, Ticket
+from cachegrid.serving.grants import Holder
+from cachegrid.serving.leases import HolderLeases
 from cachegrid.serving.owner import Node, NotOwner
 from cachegrid.serving.ports import PeerAnswer, Peers
 
@@ -43,8 +51,10 @@ MAX_OWNER_BATCHERS = 256
 
 
 class Router:
-    def __init__(self, node: Node, peers: Peers, budget: ByteBudget) -> None:
+    def __init__(self, node: Node, peers: Peers, budget: ByteBudget,
+                 holder: HolderLeases | None = None) -> None:  # fmt: skip
         self.node = node
+        self.holder = holder
         self.peers = peers
         self.budget = budget
         self.node_id = node.node_id
@@ -62,6 +72,8 @@ class Router:
     async def forward_get(self, key: str, moved: NotOwner, hops: int) -> PeerAnswer:
         """A GET for a key another node owns, batched with the others to that owner."""
         self.node.metrics.forwarded.inc()
+        if self.holder is not None:
+            self.holder.forwarding(key)
         batcher = self._owner_reads.get((moved.owner.addr, hops))
         if batcher is None:
             if len(self._owner_reads) >= MAX_OWNER_BATCHERS:
@@ -80,11 +92,18 @@ class Router:
         typical = cache.bytes // len(cache) if len(cache) else 1024
         return 3 * keys * (typical + ITEM_BYTES)
 
-    async def batch_items(self, keys: list[str], hops: int, detail: bool,
-                          held: Reservation) -> dict[str, Any]:  # fmt: skip
+    def replica(self, key: str) -> Copy | None:
+        """A live copy of ``key`` held here under a read lease (no I/O)."""
+        return self.holder.serve(key) if self.holder is not None else None
+
+    async def batch_items(
+        self, keys: list[str], hops: int, detail: bool, held: Reservation,
+        ask: tuple[Holder, set[str]] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         """One result per distinct key: served here, or asked of its owner in one batch.
         With ``detail``, each also says which node served it and, if read, hit or miss.
-        Every byte kept is first reserved in ``held`` (TooLarge or Overloaded past it)."""
+        Every byte kept is first reserved in ``held`` (TooLarge or Overloaded past it).
+        ``ask``: a peer's lease request (holder, keys), granted on hits of those keys."""
         items: dict[str, Any] = {}
         remote: dict[str, list[str]] = {}
         served_here = {"node": self.node_id} if detail else {}
@@ -93,12 +112,18 @@ class Router:
             try:
                 entry, hit = await self.node.get(key)
             except NotOwner as moved:
-                remote.setdefault(moved.owner.addr, []).append(key)
+                if (copy := self.replica(key)) is not None:
+                    items[key] = self._replica_item(copy, detail, held)
+                else:
+                    remote.setdefault(moved.owner.addr, []).append(key)
                 return
             except CachegridError as error:
                 items[key] = error_item(key, error) | served_here
                 return
-            cache = {"cache": "hit" if hit else "miss"} if detail else {}
+            # F11: in the hit's own synchronous step (a hit returns without suspending).
+            grant = self._grant(key, entry, ask) if hit and ask and key in ask[1] else {}
+            cache: dict[str, Any] = {"cache": "hit" if hit else "miss"} if detail else {}
+            cache |= grant
             held.need(len(entry.body) + ITEM_BYTES)
             if entry.tombstone:
                 items[key] = (
@@ -116,6 +141,22 @@ class Router:
         )
         return items
 
+    def _grant(self, key: str, entry: Entry, ask: tuple[Holder, set[str]]) -> dict[str, Any]:
+        """The ``grant`` detail of a hit a peer asked a lease of ({} if refused)."""
+        term = self.node.grant_hit(key, entry, ask[0])
+        leases = self.node.leases
+        if term is None or leases is None:
+            return {}
+        return {"grant": {"term": term, "margin": leases.settings.margin}}
+
+    def _replica_item(self, copy: Copy, detail: bool, held: Reservation) -> Any:
+        body = copy.entry.body
+        held.need(len(body) + ITEM_BYTES)
+        if not detail:
+            return orjson.Fragment(body)
+        extra = orjson.dumps({"node": copy.owner, "cache": "replica", "replica": self.node_id})
+        return orjson.Fragment(body[:-1] + b"," + extra[1:])
+
     async def _remote_batch(self, addr: str, keys: list[str], hops: int, detail: bool,
                             items: dict[str, Any], held: Reservation) -> None:  # fmt: skip
         try:
@@ -131,20 +172,34 @@ class Router:
         for item in orjson.loads(answer.body)["items"]:
             items[item["key"]] = item
 
-    async def _batch_get_at(
-        self, addr: str, keys: list[str], hops: int, detail: bool
-    ) -> PeerAnswer:
+    async def _batch_get_at(self, addr: str, keys: list[str], hops: int, detail: bool,
+                            lease: dict[str, Any] | None = None) -> PeerAnswer:  # fmt: skip
         """POST /v1/kv:batchGet to the node at ``addr``; its answer, whatever the status."""
+        body: dict[str, Any] = {"keys": keys, "detail": detail}
+        if lease is not None:
+            body["lease"] = lease
         return await self.peers.forward(
             "POST", addr, "/v1/kv:batchGet", hops=hops,
-            body=orjson.dumps({"keys": keys, "detail": detail}), headers={"Content-Type": JSON},
+            body=orjson.dumps(body), headers={"Content-Type": JSON},
         )  # fmt: skip
 
     async def _fetch_from_owner(
         self, owner: Member, hops: int, keys: list[str]
     ) -> list[PeerAnswer]:
         self._forward_batch_keys.observe(len(keys))
-        answer = await self._batch_get_at(owner.addr, keys, hops, detail=True)
+        holder = self.holder
+        # Leases are asked at the first hop only: the owner grants to the node that asks.
+        tickets = holder.asks(keys, owner.node_id) if holder is not None and hops == 0 else {}
+        try:
+            return await self._fetch_answers(owner, hops, keys, tickets)
+        finally:
+            if tickets and holder is not None:
+                holder.finished(tickets)
+
+    async def _fetch_answers(self, owner: Member, hops: int, keys: list[str],
+                             tickets: dict[str, Ticket]) -> list[PeerAnswer]:  # fmt: skip
+        lease = self.holder.ask_field(tickets) if tickets and self.holder is not None else None
+        answer = await self._batch_get_at(owner.addr, keys, hops, detail=True, lease=lease)
         if answer.status != 200:  # the owner refused the whole batch: each request, alike
             return [answer] * len(keys)
         # Parsed and split into one answer per GET: held twice while that happens.
@@ -153,6 +208,9 @@ class Router:
             try:
                 items = orjson.loads(answer.body)["items"]
                 answers = [answer_of(item, owner.node_id) for item in items]
+                for item in items:
+                    if self.holder is not None and (ticket := tickets.get(item["key"])):
+                        self.holder.install(ticket, item)
             except (orjson.JSONDecodeError, KeyError, TypeError) as error:
                 raise Unavailable(f"owner {owner.node_id} sent a malformed batch: {error}"
                                   ) from error  # fmt: skip
@@ -167,6 +225,8 @@ def answer_of(item: dict[str, Any], owner_id: str) -> PeerAnswer:
     headers = {"Content-Type": JSON, NODE_HEADER: item.get("node", owner_id)}
     if "cache" in item:
         headers["X-Cache"] = item["cache"]
+    if "replica" in item:
+        headers[REPLICA_HEADER] = item["replica"]
     if "error" in item:
         status = status_of(item["error"]["code"])
         if status in (429, 503):

@@ -1,0 +1,123 @@
+"""A holder's copies of hot keys owned elsewhere, and its read-lease requests in flight.
+
+Owns: the copies this node may serve under read leases (DESIGN.md §3b) and the tickets of
+the asks it sent, which decide whether an owner's grant may still be installed.
+
+Invariants:
+- A copy is served only before its end, (time the ask was *sent*) + term - margin, on
+  the holder's clock, and only under the member lease (session) it was asked under.
+- A grant is installed only through the ticket of its own ask, and only if that ticket
+  is still the key's current one: applying an invalidation or drop record of the key, a
+  ring change, a flush or a re-snapshot since the ask was sent withdraws the ticket, so
+  its grant — possibly of a version the owner has meanwhile invalidated — is refused.
+- A copy is never replaced by an older version.
+- Bounded: at most ``capacity`` copies (least recently served go first: dropping a copy is
+  always safe) and one ticket per key.
+- Pure and synchronous: times are arguments, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import cachetools
+
+from cachegrid.localcache import Entry
+
+
+@dataclass(slots=True)
+class Copy:
+    entry: Entry
+    owner: str  # the node id of the owner that granted it
+    end: float  # the holder's clock: serve strictly before
+    renew_at: float  # ask again from here on, if the key is still hot
+    session: int  # the member lease it was asked under
+    installed: float
+    hits: int = 0
+    renewing: bool = False
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Ticket:
+    """One ask; compared by identity (a later ask of the same key is another ticket)."""
+
+    key: str
+    owner: str
+    sent: float
+    session: int
+
+
+class CopyTable:
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._copies: cachetools.LRUCache[str, Copy] = cachetools.LRUCache(maxsize=capacity)
+        self._tickets: dict[str, Ticket] = {}
+
+    def __repr__(self) -> str:
+        return f"<CopyTable copies={len(self._copies)} asks={len(self._tickets)}>"
+
+    def __len__(self) -> int:
+        return len(self._copies)
+
+    def serve(self, key: str, now: float, session: int) -> Copy | None:
+        """The live copy of ``key``, or None (an ended copy is dropped)."""
+        copy = self._copies.get(key)
+        if copy is None:
+            return None
+        if now >= copy.end or copy.session != session:
+            del self._copies[key]
+            return None
+        return copy
+
+    def asking(self, key: str) -> bool:
+        return key in self._tickets
+
+    def ask(self, key: str, owner: str, now: float, session: int) -> Ticket:
+        """A ticket for an ask sent now; it replaces any earlier one of the key."""
+        ticket = self._tickets[key] = Ticket(key, owner, now, session)
+        return ticket
+
+    def install(self, ticket: Ticket, entry: Entry, term: float, margin: float,
+                now: float, session: int) -> bool:  # fmt: skip
+        """Install the grant answering ``ticket``; False if it may not be."""
+        if self._tickets.get(ticket.key) is not ticket:
+            return False  # withdrawn: an invalidation, a flush, a ring change... since
+        del self._tickets[ticket.key]
+        end = ticket.sent + term - margin
+        if session != ticket.session or end <= now:
+            return False
+        current = self._copies.get(ticket.key)
+        if current is not None and current.entry.version > entry.version:
+            return False
+        renew_at = ticket.sent + term / 2
+        self._copies[ticket.key] = Copy(entry, ticket.owner, end, renew_at, session, now)
+        return True
+
+    def forget(self, ticket: Ticket) -> None:
+        """The ask ended without a grant: withdraw its ticket if it is still current."""
+        if self._tickets.get(ticket.key) is ticket:
+            del self._tickets[ticket.key]
+
+    def drop(self, keys: Iterable[str]) -> int:
+        """Drop the copies and withdraw the asks of ``keys``; how many copies went."""
+        dropped = 0
+        for key in keys:
+            self._tickets.pop(key, None)
+            if self._copies.pop(key, None) is not None:
+                dropped += 1
+        return dropped
+
+    def drop_all(self) -> int:
+        dropped = len(self._copies)
+        self._copies.clear()
+        self._tickets.clear()
+        return dropped
+
+    def drop_where(self, doomed: Callable[[str, str], bool]) -> int:
+        """Drop copies and asks whose (key, owner) ``doomed`` names (e.g. owner changed)."""
+        keys = [k for k, c in self._copies.items() if doomed(k, c.owner)]
+        keys += [k for k, t in self._tickets.items() if doomed(k, t.owner)]
+        return self.drop(keys)
+
+    def held_keys(self) -> list[str]:
+        return list(self._copies.keys())
