@@ -10,6 +10,12 @@ Baselines: (a) a bare aiohttp app answering GET from a dict (the Python ceiling,
 event loop as the nodes); (b) etcd's linearizable reads of a key through its HTTP gateway;
 (c) direct quorum reads and writes of the store from one Python process, one key per call
 (and, for reference, reads of 8 keys per call: the store's capacity when batched).
+
+Read leases (issue 11): the same hot GETs sent to a node that does not own them (answered
+from its copies), a Zipf read load spread round-robin over every node by plain wrk (as
+behind a load balancer), and the latency of writes of a key with live holders, without,
+and with a holder paused; then the nodes are restarted with read leases off and the
+non-owner and round-robin loads measured again: before and after, in one run.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import asyncio
 import base64
 import itertools
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -199,6 +207,90 @@ def at_rate(base: str, paths: list[str], seconds: float, rate: float) -> Result:
     return result
 
 
+def round_robin(nodes: list[str], paths: list[str], seconds: float,
+                connections: int) -> Result:  # fmt: skip
+    """A plain HTTP load generator behind a round-robin balancer: one wrk per node, the
+    connections split evenly, all at once."""
+    share = max(1, connections // len(nodes))
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        results = list(pool.map(lambda node: wrk(node, paths, seconds, share, not_found_ok=True),
+                                nodes))  # fmt: skip
+    return Result(sum(r.rps for r in results), max(r.p50 for r in results),
+                  max(r.p99 for r in results), max(r.p999 for r in results),
+                  sum(r.errors for r in results))  # fmt: skip
+
+
+def put_latencies(url: str, count: int) -> Result:
+    """``count`` PUTs of one key, one at a time; their latency."""
+    latencies = []
+    started = time.perf_counter()
+    for n in range(count):
+        begun = time.perf_counter()
+        http("PUT", url, {"value": {"n": n}})
+        latencies.append((time.perf_counter() - begun) * 1000)
+    rate = count / (time.perf_counter() - started)
+    return Result(rate, pct(latencies, 50), pct(latencies, 99), pct(latencies, 99.9), 0)
+
+
+def replica_of(node: str, path: str, within: float = 5.0) -> bool:
+    """Read ``path`` through ``node`` until a replica hit answers (True), or give up."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{node}{path}", timeout=5) as response:
+            if response.headers.get("X-Cache") == "replica":
+                return True
+        time.sleep(0.005)
+    return False
+
+
+def write_costs(cluster: LocalCluster, leased: str, plain: str, count: int) -> dict[str, Result]:
+    """PUT latency at the owner (node0) of a key without holders, of a key whose copies
+    the other nodes hold (kept hot by a background reader through each), and of that key
+    while one holder is paused (SIGSTOP: it can acknowledge nothing)."""
+    owner, others = cluster.nodes[0], cluster.nodes[1:]
+    rows = {"PUT, key without holders": put_latencies(f"{owner.url}{plain}", count)}
+    stop = time.monotonic() + 3600
+    done = [False]
+
+    def keep_hot(node: str) -> None:
+        while not done[0] and time.monotonic() < stop:
+            urllib.request.urlopen(f"{node}{leased}", timeout=5).read()
+            time.sleep(0.002)
+
+    with ThreadPoolExecutor(len(others)) as pool:
+        readers = [pool.submit(keep_hot, node.url) for node in others]
+        try:
+            assert all(replica_of(node.url, leased) for node in others), "no copies held"
+            rows[f"PUT, key with {len(others)} live holders"] = put_latencies(
+                f"{owner.url}{leased}", count
+            )  # fmt: skip
+            paused = others[0]
+            assert replica_of(paused.url, leased)
+            assert paused.pid is not None
+            os.kill(paused.pid, signal.SIGSTOP)
+            try:
+                rows["PUT, a holder paused (SIGSTOP)"] = put_latencies(
+                    f"{owner.url}{leased}", count // 4
+                )  # fmt: skip
+            finally:
+                os.kill(paused.pid, signal.SIGCONT)
+        finally:
+            done[0] = True
+        for reader in readers:
+            reader.exception()
+    return rows
+
+
+def leases_off(cluster: LocalCluster) -> None:
+    """Restart every node with read leases off (one at a time: the cluster keeps serving)."""
+    config = cluster.data_dir / "cachegrid.toml"
+    config.write_text(config.read_text() + "read_lease_threshold = 0\n")
+    for node in cluster.nodes:
+        node.stop()
+        node.start(timeout=60)
+    time.sleep(1.0)
+
+
 def scale_out(cluster: LocalCluster, paths0: list[str], paths1: list[str], seconds: float,
               connections: int) -> tuple[Result, Result]:  # fmt: skip
     """Hot GETs sent straight to the owner (as cachegrid.Client does): one node, then two
@@ -252,7 +344,7 @@ def run(cluster: LocalCluster, dict_url: str, seconds: float, connections: int) 
     rows["hot GET at the owner"] = wrk(node0, paths0, seconds, connections)
     half = rows["hot GET at the owner"].rps / 2
     rows["hot GET at half the peak rate"] = at_rate(node0, paths0, seconds, half)
-    rows["GET via a non-owner"] = wrk(node1, paths0, seconds, connections)
+    rows["hot GET via a non-owner (read leases)"] = wrk(node1, paths0, seconds, connections)
     # Keys never written and owned by node0, more than one run can send: every GET a miss.
     cold = (f"cold-{i}" for i in itertools.count())
     cold_paths = [f"/v1/kv/{k}" for k in itertools.islice(
@@ -266,6 +358,9 @@ def run(cluster: LocalCluster, dict_url: str, seconds: float, connections: int) 
     zipf = zipf_paths(node0, 20_000)
     rows["Zipf GET over 100k keys (s=1.1)"] = wrk(node0, zipf, seconds, connections,
                                                   not_found_ok=True)  # fmt: skip
+    nodes = [n.url for n in cluster.nodes]
+    rows["Zipf GET round-robin (read leases)"] = round_robin(nodes, zipf, seconds, connections)
+    rows |= write_costs(cluster, paths0[0], paths0[1], 200)
     paths1 = [f"/v1/kv/{k}" for k in own1]
     one, two = scale_out(cluster, paths0, paths1, seconds, connections)
     rows["owner-direct GET, 1 node"] = one
@@ -275,6 +370,9 @@ def run(cluster: LocalCluster, dict_url: str, seconds: float, connections: int) 
     rows["direct quorum write"] = direct["write"]
     rows["direct read_many, 8 keys (keys/s)"] = direct["read_many"]
     stampede = asyncio.run(single_flight([n.url for n in cluster.nodes]))
+    leases_off(cluster)
+    rows["hot GET via a non-owner (leases off)"] = wrk(node1, paths0, seconds, connections)
+    rows["Zipf GET round-robin (leases off)"] = round_robin(nodes, zipf, seconds, connections)
 
     print(f"\n{'scenario':<36}{'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9':>8}")
     for name, result in rows.items():
@@ -298,6 +396,29 @@ def run(cluster: LocalCluster, dict_url: str, seconds: float, connections: int) 
     print(f"  store reads for 1,000 concurrent misses of one key: {stampede} (target 1)")
     scaling = rows["owner-direct GET, 2 nodes"].rps / rows["owner-direct GET, 1 node"].rps
     print(f"  2 nodes / 1 node, requests sent to owners (the smart client): {scaling:.2f}x")
+    print_lease_ratios(rows)
+
+
+def print_lease_ratios(rows: dict[str, Result]) -> None:
+    hot = rows["hot GET at the owner"].rps
+    via = rows["hot GET via a non-owner (read leases)"].rps
+    verdict = "met" if via / hot >= 0.9 else "MISSED"
+    print(
+        f"  hot GET via a non-owner / at the owner{via / hot:10.2f}x  (>= 0.9x: {verdict}); "
+        f"leases off: {rows['hot GET via a non-owner (leases off)'].rps / hot:.2f}x"
+    )
+    on, off = rows["Zipf GET round-robin (read leases)"], rows["Zipf GET round-robin (leases off)"]
+    print(
+        f"  Zipf round-robin, leases on / off: {on.rps / off.rps:.2f}x"
+        f" (p99 {on.p99:.2f} ms vs {off.p99:.2f} ms)"
+    )
+    plain = rows["PUT, key without holders"]
+    for name in [n for n in rows if n.startswith("PUT, ") and rows[n] is not plain]:
+        row = rows[name]
+        print(
+            f"  {name} / without holders: p50 {row.p50 / plain.p50:.2f}x, "
+            f"p99 {row.p99 / plain.p99:.2f}x ({row.p50:.2f} / {row.p99:.2f} ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -68,8 +68,12 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     coordinator.attach(on_release=releaser(coordinator, node, holder),
                        on_admin=Executor(node, holder).apply,
                        on_invalidation=holder.apply_record)  # fmt: skip
+
+    def read_leases() -> dict[str, int]:
+        return {"held": len(holder.copies), "granted": len(owner_leases.table)}
+
     admin_api = AdminApi(node, coordinator, Admin(etcd, config.etcd.prefix), store, forwarder,
-                         settings.admin_token)  # fmt: skip
+                         settings.admin_token, read_leases)  # fmt: skip
     app = web.Application(client_max_size=config.store.max_value_bytes + ENVELOPE_BYTES)
     router = Router(node, forwarder, ByteBudget(settings.max_bytes_in_flight), holder)
     limits = Limits(
@@ -215,4 +219,7 @@ def coord_settings(config: Config) -> CoordSettings:
         lease_ttl=node.lease_ttl,
         lease_margin=node.lease_margin,
         id_wait=node.id_wait,
+        # A release may wait out a read lease (term + margin) in the watch loop: a watch
+        # that waits that long has not stalled.
+        stall_after=max(3.0, node.read_lease_ttl + node.read_lease_margin + 1.0),
     )

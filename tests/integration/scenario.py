@@ -146,6 +146,8 @@ class ScenarioResult:
     shared_batches: dict[str, int]  # calls with more than one key, by kind (batching.py)
     fills: int  # store reads made to fill caches (after single-flight), surviving nodes
     store_reads: int  # quorum reads (batched), surviving nodes
+    lease_waits: dict[str, int]  # writes that waited for holders, by outcome (acked, expired)
+    withdrawn: int  # grants a holder refused: a drop record or ring change came first
     evidence: list[str] = field(default_factory=list)
 
     @property
@@ -159,6 +161,13 @@ class ScenarioResult:
     def replica_hits(self) -> int:
         """Reads answered from a read-lease copy, checked with the rest."""
         return sum(op.cache == "replica" and op.outcome == OK for op in self.history)
+
+    def replica_hits_during_fault(self, after: float = 2.0) -> int:
+        """Replica hits invoked from the fault's first step to ``after`` s past its last."""
+        steps = [t for t, _ in self.events.marks]
+        return sum(op.cache == "replica" and op.outcome == OK
+                   and min(steps) <= op.invoked <= max(steps) + after
+                   for op in self.history)  # fmt: skip
 
     @property
     def definite(self) -> int:
@@ -234,13 +243,13 @@ async def run_scenario(
     final_urls: list[str] | None = None,
     seed: int = 0,
     keys: list[str] | None = None,
-    readers: int = 6,
+    readers: int = 12,
 ) -> ScenarioResult:
     """Record a history while ``fault`` runs (starting 1 s in), then read every key
     through every surviving node, and check it all. Six keys unless ``keys`` says, and two
     read-mostly keys that ``readers`` read through every node (read leases copy them)."""
     keys = keys or [f"lin-{i}" for i in range(6)]
-    read_keys = [f"{keys[0]}-r{i}" for i in range(2)]
+    read_keys = [f"{keys[0]}-r{i}" for i in range(3)]
     recorder = Recorder(urls, keys, seed=seed, read_keys=read_keys, readers=readers)
     sampler, prober, stop_sampling = Sampler(urls), Prober(urls, keys[:8]), asyncio.Event()
     sampling = asyncio.gather(sampler.run(stop_sampling), prober.run(stop_sampling))
@@ -265,6 +274,11 @@ async def run_scenario(
         name, recorder.history, (start, end), events, sampler, prober, violations,
         await shared_batches(survivors), await metric_sum(survivors, "cachegrid_fills_total"),
         await metric_sum(survivors, 'cachegrid_store_quorum_seconds_count{op="read"}'),
+        {outcome: await metric_sum(
+            survivors, f'cachegrid_invalidation_wait_seconds_count{{outcome="{outcome}"}}')
+         for outcome in ("acked", "expired")},
+        await metric_sum(survivors,
+                         'cachegrid_read_lease_install_refused_total{reason="withdrawn"}'),
     )  # fmt: skip
 
 

@@ -13,11 +13,13 @@ append them there.
 import asyncio
 import itertools
 import os
+import time
 
 import aiohttp
 import pytest
 
 from cachegrid.coord.etcd import Etcd
+from cachegrid.ring import Ring
 from tests.integration.etcd_ops import clear_nospace, fill_past_quota
 from tests.integration.faults import Relays
 from tests.integration.netns import Netns
@@ -43,6 +45,13 @@ def report(result: ScenarioResult) -> None:
     # The store's read path ran inside the checked history, not only cache hits.
     result.require(result.fills >= 500 and result.store_reads >= 500,
                    f"{result.fills} fills, {result.store_reads} store reads")  # fmt: skip
+    # Read leases were in play, also while the fault ran: copies served and checked, and
+    # writes that had copies dropped first.
+    during = result.replica_hits_during_fault()
+    waits = result.lease_waits
+    result.require(result.replica_hits >= 1000 and during > 0 and waits["acked"] > 0,
+                   f"{result.replica_hits} replica hits ({during} during the fault), "
+                   f"{waits['acked']} writes waited for holders' acks")  # fmt: skip
     print(f"\n{result.row()}")
     if path := os.environ.get("PROOF_TABLE"):
         with open(path, "a") as table:
@@ -74,6 +83,63 @@ def served_again(result: ScenarioResult, url: str, after: float, who: str = "it"
     """The node that lost its lease serves again once healed (a new incarnation)."""
     ok = len(result.ops(url=url, outcome=OK, after=after))
     result.require(ok > 0, f"{ok} ok ops through {who} after healing")
+
+
+class HeldKey:
+    """A key outside the checked history that the node a fault hits holds a read-lease copy
+    of when the fault strikes (kept hot through it until then); written through its owner
+    right after, that write must wait the lease out (the node can acknowledge nothing):
+    the fault bit the read leases. ``hold`` before the scenario, ``write`` in the fault."""
+
+    def __init__(self, cluster, victim: int) -> None:
+        self.cluster, self.victim = cluster, victim
+        self.waited = 0.0
+        self._reading: asyncio.Task[None] | None = None
+
+    async def hold(self) -> None:
+        """Pick a key the victim does not own, and read it through the victim (in the
+        background, until ``write``) until a replica hit answers."""
+        held = asyncio.Event()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{self.cluster.urls[0]}/v1/ring") as response:
+                ring = Ring.from_description(await response.json())
+            victim = f"node{self.victim}"
+            self.key = next(k for k in (f"held-{i}" for i in range(1000))
+                            if ring.owner(k) != victim)  # fmt: skip
+            self.owner = self.cluster.urls[int(ring.owner(self.key).removeprefix("node"))]
+            async with http.put(f"{self.owner}/v1/kv/{self.key}", json={"value": 0}) as response:
+                assert response.status == 200, await response.text()
+        self._reading = asyncio.create_task(self._keep_hot(held))
+        await asyncio.wait_for(held.wait(), 20)
+
+    async def _keep_hot(self, held: asyncio.Event) -> None:
+        url = f"{self.cluster.urls[self.victim]}/v1/kv/{self.key}"
+        async with aiohttp.ClientSession() as http:
+            while True:
+                async with http.get(url) as response:
+                    if response.headers.get("X-Cache") == "replica":
+                        held.set()
+                await asyncio.sleep(0.005)
+
+    async def write(self) -> None:
+        """Stop reading; write the key through its owner (``waited``: how long it took)."""
+        assert self._reading is not None
+        self._reading.cancel()
+        await asyncio.gather(self._reading, return_exceptions=True)
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as http, http.put(
+            f"{self.owner}/v1/kv/{self.key}", json={"value": 1}
+        ) as response:  # fmt: skip
+            assert response.status == 200, await response.text()
+        self.waited = time.monotonic() - started
+
+
+def holder_waited_out(result: ScenarioResult, held: HeldKey) -> None:
+    """The lost node held read-lease copies: a write had to wait for its lease to run out
+    (it could acknowledge nothing), and no read went back in time meanwhile."""
+    expired = result.lease_waits["expired"]
+    result.require(expired > 0, f"{expired} writes waited out its read leases (one of "
+                   f"a key it held: {held.waited:.2f} s)")  # fmt: skip
 
 
 def lease_lapsed(result: ScenarioResult, url: str) -> None:
@@ -118,20 +184,27 @@ async def test_no_faults(fresh_cluster) -> None:
     result = await run_scenario("no faults", cluster.urls, steady)
     result.require_load(availability=1.0, longest_gap=0.5)
     result.require(result.outcomes.get(FAILED, 0) == 0, "no op failed")
+    # Writes raced renewals: grants that arrived after a drop record were refused.
+    result.require(result.withdrawn > 0, f"{result.withdrawn} grants withdrawn by a write")
     report(result)
 
 
 async def test_kill_9_a_node(fresh_cluster) -> None:
     cluster = await start(fresh_cluster)
 
+    held = HeldKey(cluster, 2)
+    await held.hold()
+
     async def fault(events: Events) -> None:
         cluster.nodes[2].kill()
         events.mark("kill -9 node2")
+        await held.write()
 
     survivors = cluster.urls[:2]
     result = await run_scenario("kill -9 a node", cluster.urls, fault, final_urls=survivors)
     result.require_load(availability=0.99, longest_gap=1.0)
     lease_takeover(result, survivors)
+    holder_waited_out(result, held)
     refused = result.ops(
         url=cluster.urls[2], outcome=FAILED, after=result.events.at("kill -9 node2")
     )
@@ -144,16 +217,21 @@ async def test_kill_9_a_node(fresh_cluster) -> None:
 async def test_sigstop_a_node_past_its_lease(fresh_cluster) -> None:
     cluster = await start(fresh_cluster)
 
+    held = HeldKey(cluster, 1)
+    await held.hold()
+
     async def fault(events: Events) -> None:
         cluster.nodes[1].pause()
         events.mark("SIGSTOP node1")
-        await asyncio.sleep(TTL + 1.5)
+        await held.write()  # waits out the paused holder's lease
+        await asyncio.sleep(TTL + 1.5 - held.waited)
         cluster.nodes[1].resume()
         events.mark("SIGCONT node1")
 
     result = await run_scenario("SIGSTOP a node past its lease", cluster.urls, fault)
     result.require_load(availability=0.99, longest_gap=STUCK)
     lease_takeover(result, [cluster.urls[0], cluster.urls[2]])
+    holder_waited_out(result, held)
     served_again(result, cluster.urls[1], result.events.at("SIGCONT node1"))
     report(result)
 
@@ -250,10 +328,14 @@ async def test_a_node_cut_off_from_etcd_but_not_from_the_store(fresh_cluster) ->
     cluster = await start(fresh_cluster, via=relays.route)
     to_etcd = relays.by[(0, "etcd")]
 
+    held = HeldKey(cluster, 0)
+    await held.hold()
+
     async def fault(events: Events) -> None:
         to_etcd.partition()
         events.mark("node0 cut off from etcd")
-        await asyncio.sleep(TTL + 2)
+        await held.write()
+        await asyncio.sleep(TTL + 2 - held.waited)
         to_etcd.heal()
         events.mark("healed")
 
@@ -262,6 +344,7 @@ async def test_a_node_cut_off_from_etcd_but_not_from_the_store(fresh_cluster) ->
         result.require_load(availability=0.99, longest_gap=STUCK)
         lease_lapsed(result, cluster.urls[0])
         lease_takeover(result, cluster.urls[1:], unserved=0.3)
+        holder_waited_out(result, held)
         served_again(result, cluster.urls[0], result.events.at("healed"))
         report(result)
     finally:

@@ -161,3 +161,24 @@ async def test_a_holder_cut_off_from_etcd_is_waited_out(fresh_cluster, http) -> 
         assert waited > 0.1, waited  # the holder's row was waited out, not acknowledged
     finally:
         await relays.close()
+
+
+async def test_admin_status_shows_leases_and_flush_drops_copies_everywhere(leased, http) -> None:
+    key = "hot-admin"
+    owner, other = await owner_and_other(http, leased, key)
+    await put(http, owner, key, 1)
+    await until_replica(http, other, key)
+    auth = {"Authorization": f"Bearer {leased.admin_token}"}
+    async with http.get(f"{owner}/admin/status?scope=cluster", headers=auth) as response:
+        nodes = (await response.json())["nodes"]
+    by_url = {f"node{i}": url for i, url in enumerate(leased.urls)}
+    held = {by_url[n]: s["read_leases"]["held"] for n, s in nodes.items()}
+    granted = {by_url[n]: s["read_leases"]["granted"] for n, s in nodes.items()}
+    assert held[other] >= 1
+    assert granted[owner] >= 1
+    async with http.post(f"{owner}/admin/flush", json={"keys": [key]}, headers=auth) as response:
+        result = await response.json()
+    assert sum(n["copies_dropped"] for n in result["nodes"].values()) >= 1, result
+    status, headers, _ = await read(http, other, key)
+    assert status == 200
+    assert headers["X-Cache"] != "replica"

@@ -12,6 +12,7 @@ from cachegrid.coord.membership import (
     identity_lost,
     may_activate,
     members_and_acks,
+    newest_member_change,
     parse_member,
     parse_weight,
     snapshot_epoch,
@@ -26,6 +27,7 @@ class Stored:
     key: bytes
     value: bytes
     lease: int = 0
+    mod_revision: int = 0
 
 
 def test_a_first_snapshot_dates_its_ring_by_the_newest_member_put() -> None:
@@ -68,6 +70,21 @@ def test_activation_needs_every_other_live_member_acked() -> None:
     assert may_activate(members, {"b": 10}, "a", 7, 10) is Activation.NOT_YET  # c never acked
     assert may_activate({"a": 7}, {"b": 1}, "a", 7, 10) is Activation.YES  # b is gone
     assert may_activate({"a": 7}, {}, "a", 7, 10) is Activation.YES  # alone
+
+
+def test_a_ring_is_not_activated_once_a_newer_member_change_exists() -> None:
+    """An ack >= E may come from a node that re-snapshotted past E and never applied ring E
+    (a key moved to us in E may be back with it in the ring it jumped to): E activates
+    only while no member key changed after it. Found by the read-lease review: a release
+    waiting out leases can stall a watch into such a re-snapshot."""
+    members, acks = {"a": 7, "b": 8}, {"b": 12}
+    assert may_activate(members, acks, "a", 7, 10, newest_change=12) is Activation.NOT_YET
+    assert may_activate(members, acks, "a", 7, 12, newest_change=12) is Activation.YES
+    assert may_activate(members, acks, "a", 7, 10, newest_change=10) is Activation.YES
+    items = [Stored(b"/cg/members/a", b"{}", lease=7, mod_revision=5),
+             Stored(b"/cg/members/b", b"{}", lease=8, mod_revision=12),
+             Stored(b"/cg/acks/b", b"14", mod_revision=14)]  # fmt: skip
+    assert newest_member_change(items, KEYS) == 12
 
 
 def test_activation_is_refused_when_our_member_key_is_not_ours() -> None:

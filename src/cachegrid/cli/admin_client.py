@@ -68,16 +68,18 @@ def render_status(answer: dict[str, Any]) -> str:
     rows = []
     for node, status in sorted(answer["nodes"].items()):
         if "error" in status:
-            rows.append([node, "unreachable", status["error"], "", "", "", ""])
+            rows.append([node, "unreachable", status["error"], "", "", "", "", ""])
             continue
         cache = status["cache"]
         replicas = status["replicas"]
         up = sum(1 for r in replicas if r["up"])
+        leases = status.get("read_leases", {})
         rows.append([node, status["lease_slack_seconds"], status["ring_epoch"],
                      status["activated_epoch"], cache["entries"], cache["bytes"],
-                     f"{up}/{len(replicas)}"])  # fmt: skip
+                     f"{up}/{len(replicas)}",
+                     f"{leases.get('held', 0)}/{leases.get('granted', 0)}"])  # fmt: skip
     return table(["node", "lease slack s", "ring epoch", "active epoch", "entries", "bytes",
-                  "replicas up"], rows)  # fmt: skip
+                  "replicas up", "read leases held/granted"], rows)  # fmt: skip
 
 
 def render_ring(answer: dict[str, Any]) -> str:

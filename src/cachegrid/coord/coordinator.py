@@ -64,6 +64,7 @@ from cachegrid.coord.membership import (
     identity_lost,
     may_activate,
     members_and_acks,
+    newest_member_change,
     parse_member,
     parse_weight,
     snapshot_epoch,
@@ -265,6 +266,12 @@ class Coordinator:
         self._stopping = True
         self.ownership.reset()
         self._on_change()
+        # The watch runs on through the release: as a holder, this node still acknowledges
+        # drop records (its copies are gone), so owners need not wait its leases out.
+        for name, task in self._tasks.items():
+            if name != "coord-watch":
+                task.cancel()
+        released = self.session is not None and await self._released_before_leaving()
         for task in self._tasks.values():
             task.cancel()
         # Bounded: aetcd can deadlock a watch cancelled while it is being created (its
@@ -277,7 +284,7 @@ class Coordinator:
                             ", ".join(sorted(t.get_name() for t in stuck)))  # fmt: skip
         self._tasks = {}
         if self.session is not None:
-            await self.session.close(revoke=await self._released_before_leaving())
+            await self.session.close(revoke=released)
 
     async def _released_before_leaving(self) -> bool:
         """Release everything (nothing is served now); True once done. Until then read
@@ -540,7 +547,8 @@ class Coordinator:
         members, acks = members_and_acks(snapshot.items, self._keys)
         session = self.session
         lease = session.lease_id if session and self._holds_id() else 0
-        verdict = may_activate(members, acks, self.settings.node_id, lease, epoch)
+        newest = newest_member_change(snapshot.items, self._keys)
+        verdict = may_activate(members, acks, self.settings.node_id, lease, epoch, newest)
         if verdict is Activation.NOT_OURS:
             self._check_identity(self._member_key, members.get(self.settings.node_id))
         return snapshot.revision if verdict is Activation.YES else None

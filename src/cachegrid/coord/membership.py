@@ -74,15 +74,26 @@ class Activation(enum.Enum):
 
 
 def may_activate(
-    members: Mapping[str, int], acks: Mapping[str, int], node_id: str, lease: int, epoch: int
-) -> Activation:
+    members: Mapping[str, int], acks: Mapping[str, int], node_id: str, lease: int, epoch: int,
+    newest_change: int = 0,
+) -> Activation:  # fmt: skip
     """The activation decision of S1, from one linearizable read of etcd.
 
     ``members`` maps each live member's id to the lease its member key is attached to;
-    ``acks`` each node's acked revision; ``lease`` is ours (0 while we hold no member key).
+    ``acks`` each node's acked revision; ``lease`` is ours (0 while we hold no member key);
+    ``newest_change`` the newest mod_revision among the member keys read.
+
+    An ack >= epoch means "applied a ring at least that new and released what it does not
+    own there" — not necessarily ring ``epoch`` itself: a node that re-snapshots applies
+    only the newest membership and skips the rings in between. So a ring is activated only
+    while it is still the newest one (no member key changed since): else a key could move
+    to us in ``epoch`` and back to the acking node in the ring it jumped to, and both would
+    serve it. (Deleting a member key moves only that member's keys: it cannot do this.)
     """
     if members.get(node_id) != lease:
         return Activation.NOT_OURS
+    if newest_change > epoch:
+        return Activation.NOT_YET  # a newer ring is coming: activate that one
     others = (member for member in members if member != node_id)
     return Activation.YES if all(acks.get(m, 0) >= epoch for m in others) else Activation.NOT_YET
 
@@ -98,6 +109,14 @@ class Item(Protocol):
 
     @property
     def lease(self) -> int: ...
+
+    @property
+    def mod_revision(self) -> int: ...
+
+
+def newest_member_change(items: Iterable[Item], keys: Keyspace) -> int:
+    """The newest mod_revision among the member keys of one read of the prefix."""
+    return max((i.mod_revision for i in items if i.key.startswith(keys.members)), default=0)
 
 
 def members_and_acks(

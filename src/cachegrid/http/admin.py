@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -100,8 +101,10 @@ class AdminApi:
         store: StoreAdmin,
         peers: Peers,
         token: str,
+        read_leases: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.node = node
+        self.read_leases = read_leases  # {"held": copies here, "granted": rows here}
         self.node_id = node.node_id
         self.coordinator = coordinator
         self.admin = admin
@@ -137,6 +140,7 @@ class AdminApi:
                 "evictions": cache.evictions,
             },
             "replicas": self.store.health(),
+            "read_leases": self.read_leases(),
         }
 
     async def ring(self, request: web.Request) -> web.StreamResponse:

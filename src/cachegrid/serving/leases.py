@@ -21,8 +21,9 @@ Invariants (the safety argument is in docs/linearizability.md, "Read leases"):
 - H serves a copy only before (time the ask was sent) + term - margin (term and margin
   from O's reply), under the member lease it asked under; it installs a grant only if no
   record, flush, ring change or re-snapshot touched the key since it sent the ask.
-- Nothing here blocks the watch loop: applying a record is synchronous; its
-  acknowledgement is sent by a task of its own.
+- Applying a record never blocks the watch loop: it is synchronous, and its
+  acknowledgement is sent by a task of its own. A revoke is bounded by the expiry of the
+  rows it froze (term + margin at most), publishing included.
 """
 
 from __future__ import annotations
@@ -205,8 +206,10 @@ class OwnerLeases:
         self._seq += 1
         seq = self._seq
         pending = self._pending[seq] = _Pending({h for rows in frozen.values() for h in rows})
+        last = max(row.expiry for rows in frozen.values() for row in rows.values())
         try:
-            await self._publish(seq, frozen)
+            with contextlib.suppress(TimeoutError):  # once every row expired, it is moot
+                await asyncio.wait_for(self._publish(seq, frozen), last - now)
             await self._wait(pending, frozen)
         finally:
             del self._pending[seq]
@@ -362,10 +365,9 @@ class HolderLeases:
     def flush(self, keys: list[str] | None = None, prefix: str | None = None) -> int:
         if keys is None and prefix is None:
             return self.copies.drop_all()
-        chosen = keys if keys is not None else [
-            k for k in self.copies.held_keys() if k.startswith(prefix or "")
-        ]  # fmt: skip
-        return self.copies.drop(chosen)
+        if keys is not None:
+            return self.copies.drop(keys)
+        return self.copies.drop_where(lambda key, owner: key.startswith(prefix or ""))
 
     def _acknowledge(self, record: DropRecord, me: Holder) -> None:
         if len(self._acks) >= MAX_ACKS_IN_FLIGHT:
