@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from cachegrid.coord.etcd import Etcd
-from cachegrid.ring import Ring
+from cachegrid.ring import Member, Ring
 from tests.integration.etcd_ops import clear_nospace, fill_past_quota
 from tests.integration.faults import Relays
 from tests.integration.netns import Netns
@@ -205,6 +205,14 @@ async def test_kill_9_a_node(fresh_cluster) -> None:
     result.require_load(availability=0.99, longest_gap=1.0)
     lease_takeover(result, survivors)
     holder_waited_out(result, held)
+    # Its copies of others' keys were waited out; others' copies of its own keys lived on
+    # until their leases ended, and were answered (and checked) after it died.
+    dead = result.events.at("kill -9 node2")
+    ring = Ring([Member(f"node{i}", "") for i in range(3)])
+    orphans = [op for op in result.ops(outcome=OK, after=dead, before=dead + 1.0)
+               if op.cache == "replica" and ring.owner(op.key) == "node2"]  # fmt: skip
+    result.require(len(orphans) > 0, f"{len(orphans)} replica hits of its keys in the "
+                   "second after it died")  # fmt: skip
     refused = result.ops(
         url=cluster.urls[2], outcome=FAILED, after=result.events.at("kill -9 node2")
     )

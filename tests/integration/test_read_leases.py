@@ -182,3 +182,19 @@ async def test_admin_status_shows_leases_and_flush_drops_copies_everywhere(lease
     status, headers, _ = await read(http, other, key)
     assert status == 200
     assert headers["X-Cache"] != "replica"
+
+
+async def test_a_key_written_often_is_not_leased(leased, http) -> None:
+    """Past read_lease_max_write_rate (10 writes/s by default) the owner refuses leases on
+    the key, and says why in a metric: each write would pay an etcd round for nothing."""
+    key = "busy-1"
+    owner, other = await owner_and_other(http, leased, key)
+    refused = 'cachegrid_read_lease_refused_total{reason="written_often"}'
+    before = await metric(http, owner, refused)
+    for n in range(40):
+        await put(http, owner, key, n)
+    for _ in range(100):
+        status, headers, _ = await read(http, other, key)
+        assert status == 200
+        assert headers["X-Cache"] != "replica"
+    assert await metric(http, owner, refused) > before
