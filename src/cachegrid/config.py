@@ -121,7 +121,7 @@ class NodeConfig:
     # Read leases (docs/read-leases.md): a key read more than this many times per second
     # through a node that does not own it gets a copy there, served with no forward (0: off).
     read_lease_threshold: float = 10.0
-    # Seconds one lease lasts (renewed at half of it while the key stays hot), and the
+    # Seconds one lease lasts (renewed at 3/4 of it while the key stays hot), and the
     # allowance for clock-rate drift between nodes (at least 5% of the term).
     read_lease_ttl: float = 1.0
     read_lease_margin: float = 0.1

@@ -199,6 +199,13 @@ class Coordinator:
         session = self.session
         return session.lease_id if session is not None else 0
 
+    def live_lease(self) -> int:
+        """The lease we serve under, while it is alive (0 otherwise). No I/O."""
+        session = self.session
+        if session is not None and session.alive() and self.failed is None:
+            return session.lease_id
+        return 0
+
     def lease_slack(self) -> float:
         """Seconds before the local lease deadline (0 without a session)."""
         return self.session.slack() if self.session is not None else 0.0

@@ -149,11 +149,14 @@ class Api:
         if encoded and ("If-None-Match" in headers or "If-Match" in headers):
             return await self._conditional_get(request, parse_condition(request))
         key = key_of(request)
-        entry = self.node.hit(key)  # the hot path: no validation needed, nothing awaited
+        # The hot paths: no validation needed (only valid keys are ever held), nothing
+        # awaited. A live read-lease copy is always a linearizable answer, so it may be
+        # looked up first (a node holds none of the keys it owns).
+        if (copy := self.router.replica(key)) is not None:
+            return self._replica_found(request, copy, encoded)
+        entry = self.node.hit(key)
         hit = entry is not None
         if entry is None:
-            if (copy := self.router.replica(key)) is not None:
-                return self._replica_found(request, copy, encoded)
             check_key(key, self.limits.max_key_bytes)
             try:
                 entry, hit = await self.node.get(key)

@@ -84,6 +84,10 @@ class LeaseView(Protocol):
 
     def lease_alive(self) -> bool: ...
 
+    def live_lease(self) -> int:
+        """``member_lease`` while ``lease_alive``, else 0 (the replica hit's one check)."""
+        ...
+
     def lease_slack(self) -> float:
         """Seconds before the local lease deadline."""
         ...
@@ -279,8 +283,8 @@ class HolderLeases:
         None also when the copy is due for renewal and still hot: that read goes to the
         owner and asks again (the others meanwhile still use the copy)."""
         now = self._clock()
-        copy = self.copies.serve(key, now, self.view.member_lease)
-        if copy is None or not self.view.lease_alive():
+        copy = self.copies.serve(key, now, self.view.live_lease())
+        if copy is None:
             return None
         copy.hits += 1
         if now >= copy.renew_at and not copy.renewing and self._still_hot(copy, now):
