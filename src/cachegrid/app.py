@@ -75,7 +75,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     admin_api = AdminApi(node, coordinator, Admin(etcd, config.etcd.prefix), store, forwarder,
                          settings.admin_token, read_leases)  # fmt: skip
     app = web.Application(client_max_size=config.store.max_value_bytes + ENVELOPE_BYTES)
-    router = Router(node, forwarder, ByteBudget(settings.max_bytes_in_flight), holder)
+    router = Router(node, forwarder, ByteBudget(settings.max_bytes_in_flight), holder,
+                    settings.max_forwards_per_owner)  # fmt: skip
     limits = Limits(
         max_key_bytes=config.store.max_key_bytes, max_value_bytes=config.store.max_value_bytes,
         max_batch=settings.max_batch_keys, max_in_flight=settings.max_in_flight_requests,

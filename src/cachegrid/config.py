@@ -107,6 +107,9 @@ class NodeConfig:
     max_bytes_in_flight: int = 128 * 1024 * 1024
     # Seconds a client may take to read the next part of a big answer before it is cut off.
     write_timeout: float = 30.0
+    # Requests forwarded to one owner and not yet answered, at most; more get 503 at once,
+    # so a slow or hung owner cannot take every request slot (max_in_flight_requests).
+    max_forwards_per_owner: int = 1024
     # Bearer token of the /admin API (empty: the admin API is disabled).
     admin_token: str = ""
     # The inconsistency detector re-reads one cache hit in this many from the store (0: off),
@@ -151,7 +154,8 @@ class NodeConfig:
         found += _positive("node", self, "lease_ttl", "handoff_hold", "forward_timeout")
         found += _positive("node", self, "cache_max_entries", "cache_max_bytes", "max_batch_keys")
         found += _positive("node", self, "max_in_flight_requests", "max_batch_bytes",
-                           "max_bytes_in_flight", "write_timeout")  # fmt: skip
+                           "max_bytes_in_flight", "write_timeout",
+                           "max_forwards_per_owner")  # fmt: skip
         if self.max_batch_bytes > self.max_bytes_in_flight:
             found.append("node.max_batch_bytes: must not exceed node.max_bytes_in_flight")
         if self.weight < 0:

@@ -130,6 +130,10 @@ class Metrics:
             "Time requests waited for their key's range to become active here.",
             LATENCY_BUCKETS)  # fmt: skip
         self.forwarded = self._count("cachegrid_forwarded", "Requests forwarded to the owner.")
+        self.forward_refused = self._count(
+            "cachegrid_forward_refused",
+            "Requests refused (503) because too many already waited on their owner.",
+        )
         self.stale_hits = self._count(
             "cachegrid_stale_hits",
             "Sampled cache hits older than the store: must stay 0 (a consistency bug).",

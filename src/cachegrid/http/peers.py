@@ -7,7 +7,8 @@ Invariants:
 - A request is forwarded at most ``MAX_HOPS`` times; the hop count travels in
   ``X-Cachegrid-Hops``, so a ring disagreement can never loop.
 - A forwarded write that fails after it may have been sent is ``Indeterminate`` (504); one
-  that could not connect is ``Unavailable`` (503). A read is ``Unavailable`` either way.
+  that could not connect is ``Unavailable`` (503). A read (GET, HEAD, or a POST the caller
+  says reads, as batchGet does) is ``Unavailable`` either way.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Forwarder:
         hops: int,
         body: bytes = b"",
         headers: dict[str, str] | None = None,
+        read: bool = False,
     ) -> PeerAnswer:
         """Send the request to the node at ``addr``; its answer, whatever the status."""
         if hops >= MAX_HOPS:
@@ -69,7 +71,7 @@ class Forwarder:
         assert self._session is not None, "Forwarder.start() was not called"
         sent_headers = dict(headers or {})
         sent_headers[HOPS_HEADER] = str(hops + 1)
-        writing = method not in ("GET", "HEAD")
+        writing = not read and method not in ("GET", "HEAD")
         try:
             async with self._session.request(
                 method, f"http://{addr}{path}", data=body or None, headers=sent_headers

@@ -69,7 +69,8 @@ class PeerAnswer:
 
 class Peers(Protocol):
     """Requests to other nodes. ``Unavailable`` if one was certainly not applied (not
-    sent, or a read), ``Indeterminate`` if a write may have been."""
+    sent, or a read), ``Indeterminate`` if a write may have been. A request is a read if
+    its method is GET or HEAD, or if ``read`` says so (a batchGet is a POST that reads)."""
 
     async def forward(
         self,
@@ -80,4 +81,5 @@ class Peers(Protocol):
         hops: int,
         body: bytes = b"",
         headers: dict[str, str] | None = None,
+        read: bool = False,
     ) -> PeerAnswer: ...

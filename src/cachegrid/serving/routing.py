@@ -11,6 +11,9 @@ Invariants:
   each answered as if it had been forwarded alone (``answer_of``).
 - The table of per-owner batchers is bounded (``MAX_OWNER_BATCHERS``): addresses of departed
   members do not pile up.
+- At most ``max_per_owner`` requests forwarded to one owner are unanswered at once; more
+  get 503 at once (certainly not applied), so one slow or hung owner cannot hold every
+  request slot of this node, whose other keys keep being served.
 - batchGet returns one result per distinct key; an owner's failure becomes an error item
   for each of its keys, never a failed batch.
 - Read leases (leases.py): a key this node holds a live copy of is answered from it
@@ -26,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -51,10 +56,14 @@ MAX_OWNER_BATCHERS = 256
 
 
 class Router:
-    def __init__(self, node: Node, peers: Peers, budget: ByteBudget,
-                 holder: HolderLeases | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, node: Node, peers: Peers, budget: ByteBudget,
+        holder: HolderLeases | None = None, max_per_owner: int = 1024,
+    ) -> None:  # fmt: skip
         self.node = node
         self.holder = holder
+        self.max_per_owner = max_per_owner
+        self._forwarding: dict[str, int] = {}  # requests unanswered, by owner address
         self.peers = peers
         self.budget = budget
         self.node_id = node.node_id
@@ -66,8 +75,9 @@ class Router:
                       ) -> PeerAnswer:  # fmt: skip
         """The request, sent to the key's owner; its answer."""
         self.node.metrics.forwarded.inc()
-        return await self.peers.forward(method, moved.owner.addr, path, hops=hops, body=body,
-                                        headers=headers)  # fmt: skip
+        with self._slot(moved.owner):
+            return await self.peers.forward(method, moved.owner.addr, path, hops=hops, body=body,
+                                            headers=headers)  # fmt: skip
 
     async def forward_get(self, key: str, moved: NotOwner, hops: int) -> PeerAnswer:
         """A GET for a key another node owns, batched with the others to that owner."""
@@ -82,7 +92,26 @@ class Router:
             fetch = functools.partial(self._fetch_from_owner, moved.owner, hops)
             batcher = Batcher(fetch, max_batch=FORWARD_BATCH)
             self._owner_reads[(moved.owner.addr, hops)] = batcher
-        return await batcher.submit(key)
+        with self._slot(moved.owner):
+            return await batcher.submit(key)
+
+    @contextmanager
+    def _slot(self, owner: Member) -> Iterator[None]:
+        """One of the owner's ``max_per_owner`` slots while a request waits on it."""
+        taken = self._forwarding.get(owner.addr, 0)
+        if taken >= self.max_per_owner:
+            self.node.metrics.forward_refused.inc()
+            raise Unavailable(f"{taken} requests already wait on owner {owner.node_id}; "
+                              "retry (node.max_forwards_per_owner)")  # fmt: skip
+        self._forwarding[owner.addr] = taken + 1
+        try:
+            yield
+        finally:
+            left = self._forwarding[owner.addr] - 1
+            if left:
+                self._forwarding[owner.addr] = left
+            else:
+                del self._forwarding[owner.addr]
 
     def expected_bytes(self, keys: int) -> int:
         """What a batchGet of ``keys`` keys will likely hold, taken before it starts: each
@@ -180,7 +209,7 @@ class Router:
             body["lease"] = lease
         return await self.peers.forward(
             "POST", addr, "/v1/kv:batchGet", hops=hops,
-            body=orjson.dumps(body), headers={"Content-Type": JSON},
+            body=orjson.dumps(body), headers={"Content-Type": JSON}, read=True,
         )  # fmt: skip
 
     async def _fetch_from_owner(
