@@ -27,6 +27,7 @@ from cachegrid.errors import Unavailable
 from cachegrid.http.admin import AdminApi
 from cachegrid.http.api import ENVELOPE_BYTES, Api, Limits
 from cachegrid.http.framework import add_not_found
+from cachegrid.http.listener import Listener
 from cachegrid.http.peers import Forwarder
 from cachegrid.lifecycle import uncancellable, unless_stopped
 from cachegrid.localcache import LocalCache
@@ -87,14 +88,21 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     add_not_found(app)
     add_gauges(metrics, coordinator, node, store, router.budget, holder)
     # No access log: it would read attributes that pre-encoded hit answers lack (http/wire.py).
-    runner = web.AppRunner(app, access_log=None)
+    # aiohttp's keep-alive timer runs from a connection's start and from each answer: it
+    # closes idle connections and those that stall before completing a request head.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.idle_timeout)
     await runner.setup()
+    assert runner.server is not None  # set up just above
+    listener = Listener(runner.server, settings.max_connections, metrics)
+    metrics.gauge("cachegrid_open_connections",
+                  "Client connections open (node.max_connections: more are refused).",
+                  lambda: listener.open)  # fmt: skip
     host, _, port = settings.listen.rpartition(":")
     await forwarder.start()
     try:
         # Starting can wait long (for the replicas, for our node id to be free): a stop
         # meanwhile ends it, rather than after the wait.
-        if not await unless_stopped(_start(store, runner, host, int(port), coordinator), stop):
+        if not await unless_stopped(_start(store, listener, host, int(port), coordinator), stop):
             return
         node.detector.start()
         log.info("node %s serving on %s", settings.node_id, settings.listen)
@@ -104,7 +112,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     finally:
         # Shielded: a node cancelled while stopping still revokes its lease (others take
         # over at once) and closes its connections.
-        await uncancellable(_shutdown(coordinator, node, runner, forwarder, store, etcd))
+        await uncancellable(_shutdown(coordinator, node, listener, runner, forwarder, store, etcd))
 
 
 def releaser(coordinator: Coordinator, node: Node,
@@ -130,22 +138,23 @@ def releaser(coordinator: Coordinator, node: Node,
     return release
 
 
-async def _shutdown(coordinator: Coordinator, node: Node, runner: web.AppRunner,
+async def _shutdown(coordinator: Coordinator, node: Node, listener: Listener, runner: web.AppRunner,
                     forwarder: Forwarder, store: QuorumStore, etcd: Etcd) -> None:  # fmt: skip
     """In the order of the module's docstring."""
     await coordinator.stop()
     await node.detector.stop()
+    await listener.close()
     await runner.cleanup()
     await forwarder.close()
     await store.close()
     await etcd.close()
 
 
-async def _start(store: QuorumStore, runner: web.AppRunner, host: str, port: int,
+async def _start(store: QuorumStore, listener: Listener, host: str, port: int,
                  coordinator: Coordinator) -> None:  # fmt: skip
     # Judge the replicas (and reconcile a fresh store) before serving any read.
     await store.start()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    await listener.start(host, port)
     await coordinator.start()
 
 

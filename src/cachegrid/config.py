@@ -107,6 +107,12 @@ class NodeConfig:
     max_bytes_in_flight: int = 128 * 1024 * 1024
     # Seconds a client may take to read the next part of a big answer before it is cut off.
     write_timeout: float = 30.0
+    # Seconds a connection may stay idle, or take to send a complete request head (from its
+    # start or its last answer), before it is closed; and connections open at most (more
+    # get 503 and are closed at once). Keep max_connections under the process's limit of
+    # open files minus a few hundred (store, etcd and peer connections).
+    idle_timeout: float = 30.0
+    max_connections: int = 10_000
     # Requests forwarded to one owner and not yet answered, at most; more get 503 at once,
     # so a slow or hung owner cannot take every request slot (max_in_flight_requests).
     max_forwards_per_owner: int = 1024
@@ -155,7 +161,7 @@ class NodeConfig:
         found += _positive("node", self, "cache_max_entries", "cache_max_bytes", "max_batch_keys")
         found += _positive("node", self, "max_in_flight_requests", "max_batch_bytes",
                            "max_bytes_in_flight", "write_timeout",
-                           "max_forwards_per_owner")  # fmt: skip
+                           "max_forwards_per_owner", "idle_timeout", "max_connections")  # fmt: skip
         if self.max_batch_bytes > self.max_bytes_in_flight:
             found.append("node.max_batch_bytes: must not exceed node.max_bytes_in_flight")
         if self.weight < 0:

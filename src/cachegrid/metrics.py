@@ -130,6 +130,10 @@ class Metrics:
             "Time requests waited for their key's range to become active here.",
             LATENCY_BUCKETS)  # fmt: skip
         self.forwarded = self._count("cachegrid_forwarded", "Requests forwarded to the owner.")
+        self.connections_refused = self._count(
+            "cachegrid_connections_refused",
+            "Connections refused with 503 because node.max_connections were open.",
+        )
         self.forward_refused = self._count(
             "cachegrid_forward_refused",
             "Requests refused (503) because too many already waited on their owner.",
