@@ -1,10 +1,13 @@
-"""Fault injection for the linearizability tests: TCP relays that black-hole a link."""
+"""Fault injection for the linearizability tests: TCP relays that black-hole a link, and an
+abusive client."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Callable
+
+import aiohttp
 
 
 class TcpProxy:
@@ -90,3 +93,53 @@ class Relays:
     async def close(self) -> None:
         for proxy in self.by.values():
             await proxy.close()
+
+
+class Abuser:
+    """A careless or hostile client beside the workload (issue 17): connections that send
+    half a request line and stall, and big batchGets sent concurrently in a loop. Counts
+    what it saw: stalled connections the nodes closed, batches answered and refused."""
+
+    def __init__(self, urls: list[str], keys: list[str], stalled: int = 150,
+                 concurrent: int = 12) -> None:  # fmt: skip
+        self.urls, self.keys = urls, keys
+        self.stalled, self.concurrent = stalled, concurrent
+        self.closed = 0
+        self.statuses: dict[int, int] = {}
+
+    async def run(self, seconds: float, idle_timeout: float) -> None:
+        """Abuse for ``seconds``; then wait until the stalled connections should have been
+        closed (``idle_timeout`` after they stalled) and count those that were."""
+        connections = [await self._stall(self.urls[i % len(self.urls)])
+                       for i in range(self.stalled)]  # fmt: skip
+        stop_at = asyncio.get_running_loop().time() + seconds
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(self._batches(http, stop_at, n)
+                                   for n in range(self.concurrent)))  # fmt: skip
+        self.closed = sum(await asyncio.gather(
+            *(self._closed(reader, idle_timeout + 1.0) for reader, _ in connections)))  # fmt: skip
+        for _, writer in connections:
+            writer.close()
+
+    async def _stall(self, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host, _, port = url.removeprefix("http://").rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /v1/kv/lin-0 HT")
+        return reader, writer
+
+    async def _closed(self, reader: asyncio.StreamReader, within: float) -> bool:
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(within):
+                while await reader.read(4096):
+                    pass
+                return True
+        return False
+
+    async def _batches(self, http: aiohttp.ClientSession, stop_at: float, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < stop_at:
+            url = self.urls[n % len(self.urls)]
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.post(f"{url}/v1/kv:batchGet", json={"keys": self.keys}) as response:
+                    await response.read()
+                    self.statuses[response.status] = self.statuses.get(response.status, 0) + 1

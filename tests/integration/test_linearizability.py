@@ -21,7 +21,7 @@ import pytest
 from cachegrid.coord.etcd import Etcd
 from cachegrid.ring import Member, Ring
 from tests.integration.etcd_ops import clear_nospace, fill_past_quota
-from tests.integration.faults import Relays
+from tests.integration.faults import Abuser, Relays
 from tests.integration.netns import Netns
 from tests.integration.scenario import Events, ScenarioResult, run_scenario
 from tests.processes import FaultyNode
@@ -594,3 +594,33 @@ async def test_rebalances_while_fills_are_in_flight(fresh_cluster) -> None:
     )
     report(result)
     assert result.shared_batches.get("store_read", 0) > 100, result.shared_batches
+
+
+async def test_an_abusive_client_beside_the_workload(fresh_cluster) -> None:
+    """Stalled half-requests on every node and big batchGets in a loop, beside the
+    workload: the limits of issue 17 hold them off (the stalled connections are closed
+    after the idle timeout, batches past the byte budget are refused), and the workload
+    stays linearizable and available."""
+    limits = "idle_timeout = 2.0\nmax_bytes_in_flight = 16777216\nmax_batch_bytes = 4194304\n"
+    cluster = await start(fresh_cluster, node_config="cache_max_entries = 1\n" + LEASES + limits)
+    big = [f"big-{i}" for i in range(40)]
+    async with aiohttp.ClientSession() as http:
+        for key in big:
+            async with http.put(f"{cluster.urls[0]}/v1/kv/{key}",
+                                json={"value": "x" * 60_000}) as response:  # fmt: skip
+                assert response.status == 200, await response.text()
+    abuser = Abuser(cluster.urls, big, concurrent=6)
+
+    async def fault(events: Events) -> None:
+        events.mark("abuse starts")
+        await abuser.run(seconds=3.0, idle_timeout=2.0)
+        events.mark("abuse ends")
+
+    result = await run_scenario("an abusive client beside the workload", cluster.urls, fault)
+    result.require_load(availability=0.99, longest_gap=1.0)
+    result.require(abuser.closed == abuser.stalled,
+                   f"{abuser.closed} of {abuser.stalled} stalled connections closed")  # fmt: skip
+    refused = abuser.statuses.get(429, 0) + abuser.statuses.get(413, 0)
+    result.require(refused > 0 and abuser.statuses.get(500, 0) == 0,
+                   f"big batchGets: {abuser.statuses} (refused: {refused})")  # fmt: skip
+    report(result)
