@@ -14,7 +14,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -162,6 +162,8 @@ class Metrics:
             "Time an owner waited for holders to drop their copies (acked by all, or some "
             "waited out until their lease expired).", ("outcome",), LATENCY_BUCKETS)  # fmt: skip
         self.registry.register(self)
+        # process_open_fds / process_max_fds (how close to EMFILE), resident memory, CPU.
+        ProcessCollector(registry=self.registry)
 
     def collect(self) -> Iterator[Metric]:
         for family in self._families:

@@ -6,9 +6,13 @@ the connections already open, and normal GETs, are served as before."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
+import subprocess
 import time
 
+import aiohttp
 import orjson
 
 from tests.conftest import Cluster
@@ -93,3 +97,50 @@ async def test_connections_past_the_limit_get_a_json_503_and_the_others_go_on(fr
     finally:
         for conn in [established, *flood]:
             conn.close()
+
+
+async def test_out_of_file_descriptors_the_node_serves_on_and_recovers(fresh_cluster) -> None:
+    """EMFILE: a flood of connections past the process's open-files limit (set low on the
+    running node, with max_connections above it) neither crashes the node nor stops it
+    serving the connections it has; once the flood is gone it accepts again, and it did
+    not log an error per refused accept; process_open_fds shows how close it came."""
+    cluster = await asyncio.to_thread(fresh_cluster, node_config="idle_timeout = 30.0\n")
+    node = cluster.nodes[0]
+    established = connect(cluster)
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    established.sendall(request)
+    assert established.recv(4096).startswith(b"HTTP/1.1 200")
+    in_use = len(os.listdir(f"/proc/{node.pid}/fd"))
+    limit = in_use + 20
+    command = ["prlimit", f"--pid={node.pid}", f"--nofile={limit}:{limit}"]
+    await asyncio.to_thread(subprocess.run, command, check=True)
+    logged_before = node.log_path.read_bytes().count(b"\n")
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                flood.append(connect(cluster))
+        await asyncio.sleep(1.0)
+        assert len(os.listdir(f"/proc/{node.pid}/fd")) >= limit - 2  # it ran out
+        established.sendall(request)  # the node keeps serving what it has
+        assert established.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        for conn in flood:
+            conn.close()
+    await asyncio.sleep(2.5)  # the flood's descriptors are given back
+    fresh = connect(cluster)
+    try:
+        fresh.sendall(request)
+        fresh.settimeout(5)
+        assert fresh.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        fresh.close()
+        established.close()
+    assert node.running
+    logged = node.log_path.read_bytes().count(b"\n") - logged_before
+    assert logged < 20, node.log_tail(30)
+    async with aiohttp.ClientSession() as http, http.get(f"{cluster.urls[0]}/metrics") as got:
+        page = await got.text()
+    gauges = {line.split()[0]: float(line.split()[1]) for line in page.splitlines()
+              if line.startswith(("process_open_fds ", "process_max_fds "))}  # fmt: skip
+    assert gauges["process_max_fds"] == limit
