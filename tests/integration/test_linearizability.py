@@ -599,11 +599,11 @@ async def test_rebalances_while_fills_are_in_flight(fresh_cluster) -> None:
 async def test_an_abusive_client_beside_the_workload(fresh_cluster) -> None:
     """Stalled half-requests on every node and big batchGets in a loop, beside the
     workload: the limits of issue 17 hold them off (the stalled connections are closed
-    after the idle timeout, batches past the byte budget are refused), and the workload
-    stays linearizable and available."""
+    after the idle timeout, a batch answer over the cap gets 413, batches past the byte
+    budget 429), and the workload stays linearizable and available."""
     limits = "idle_timeout = 2.0\nmax_bytes_in_flight = 16777216\nmax_batch_bytes = 4194304\n"
     cluster = await start(fresh_cluster, node_config="cache_max_entries = 1\n" + LEASES + limits)
-    big = [f"big-{i}" for i in range(40)]
+    big = [f"big-{i}" for i in range(80)]  # 4.8 MB in all: over the 4 MiB answer cap
     async with aiohttp.ClientSession() as http:
         for key in big:
             async with http.put(f"{cluster.urls[0]}/v1/kv/{key}",
@@ -621,6 +621,6 @@ async def test_an_abusive_client_beside_the_workload(fresh_cluster) -> None:
     result.require(abuser.closed == abuser.stalled,
                    f"{abuser.closed} of {abuser.stalled} stalled connections closed")  # fmt: skip
     refused = abuser.statuses.get(429, 0) + abuser.statuses.get(413, 0)
-    result.require(refused > 0 and abuser.statuses.get(500, 0) == 0,
+    result.require(abuser.statuses.get(413, 0) > 0 and abuser.statuses.get(500, 0) == 0,
                    f"big batchGets: {abuser.statuses} (refused: {refused})")  # fmt: skip
     report(result)
