@@ -4,6 +4,7 @@ import asyncio
 import io
 import json
 import random
+import re
 import subprocess
 import sys
 
@@ -286,12 +287,21 @@ def test_drain_then_undrain_through_the_cli(cluster) -> None:
                               timeout=60, check=True)  # fmt: skip
         return {m["id"]: m["weight"] for m in json.loads(ring.stdout)["members"]}
 
+    def states() -> dict[str, str]:
+        """The state column of the status table; its cache column is human-readable."""
+        table = subprocess.run([*base, "status"], capture_output=True, text=True, timeout=60,
+                               check=True).stdout.splitlines()  # fmt: skip
+        assert all(re.search(r"\d+(\.\d)? (B|KiB|MiB) of 256\.0 MiB", row) for row in table[1:])
+        return {row.split()[0]: row.split()[1] for row in table[1:]}
+
     drained = subprocess.run([*base, "drain", "node2", "--json"], capture_output=True,
                              text=True, timeout=60, check=False)  # fmt: skip
     assert drained.returncode == 0, drained.stderr
     assert all(n["status"] == "applied" for n in json.loads(drained.stdout)["nodes"].values())
     assert weights()["node2"] == 0
+    assert states() == {"node0": "serving", "node1": "serving", "node2": "drained"}
     back = subprocess.run([*base, "undrain", "node2"], capture_output=True, text=True,
                           timeout=60, check=False)  # fmt: skip
     assert back.returncode == 0, back.stderr
     assert weights() == {"node0": 1, "node1": 1, "node2": 1}
+    assert states() == {"node0": "serving", "node1": "serving", "node2": "serving"}

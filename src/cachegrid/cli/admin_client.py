@@ -64,22 +64,41 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
                      for row in cells)  # fmt: skip
 
 
+def human_bytes(count: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def state_of(node: str, status: dict[str, Any]) -> str:
+    """serving, drained (weight 0: owns nothing), or not serving yet (no active ring)."""
+    if status.get("activated_epoch") is None:
+        return "not serving"
+    if status.get("weights", {}).get(node) == 0:
+        return "drained"
+    return "serving"
+
+
 def render_status(answer: dict[str, Any]) -> str:
     rows = []
     for node, status in sorted(answer["nodes"].items()):
         if "error" in status:
-            rows.append([node, "unreachable", status["error"], "", "", "", "", ""])
+            rows.append([node, "unreachable", status["error"], "", "", "", "", "", ""])
             continue
         cache = status["cache"]
         replicas = status["replicas"]
         up = sum(1 for r in replicas if r["up"])
         leases = status.get("read_leases", {})
-        rows.append([node, status["lease_slack_seconds"], status["ring_epoch"],
-                     status["activated_epoch"], cache["entries"], cache["bytes"],
+        rows.append([node, state_of(node, status), status["lease_slack_seconds"],
+                     status["ring_epoch"], status["activated_epoch"], cache["entries"],
+                     f"{human_bytes(cache['bytes'])} of {human_bytes(cache['max_bytes'])}",
                      f"{up}/{len(replicas)}",
                      f"{leases.get('held', 0)}/{leases.get('granted', 0)}"])  # fmt: skip
-    return table(["node", "lease slack s", "ring epoch", "active epoch", "entries", "bytes",
-                  "replicas up", "read leases held/granted"], rows)  # fmt: skip
+    return table(["node", "state", "lease slack s", "ring epoch", "active epoch", "entries",
+                  "cache", "replicas up", "read leases held/granted"], rows)  # fmt: skip
 
 
 def render_ring(answer: dict[str, Any]) -> str:
