@@ -305,3 +305,30 @@ def test_drain_then_undrain_through_the_cli(cluster) -> None:
     assert back.returncode == 0, back.stderr
     assert weights() == {"node0": 1, "node1": 1, "node2": 1}
     assert states() == {"node0": "serving", "node1": "serving", "node2": "serving"}
+
+
+async def test_a_node_that_is_gone_shows_as_down_until_forgotten(fresh_cluster, http) -> None:
+    """Status does not drop a node whose lease is gone: it shows it as down (it registered
+    once) until an operator forgets it; a live node cannot be forgotten."""
+    cluster = await asyncio.to_thread(fresh_cluster)
+    token = cluster.admin_token
+    url = f"{cluster.urls[0]}/admin/status?scope=cluster"
+    cluster.nodes[2].kill()
+    nodes: dict = {}
+    for _ in range(100):  # until its lease expires (TTL 2 s)
+        _, _, body = await call(http, "GET", url, token=token)
+        nodes = body["nodes"]
+        if nodes["node2"].get("state") == "down":
+            break
+        await asyncio.sleep(0.1)
+    assert nodes["node2"] == {"state": "down", "addr": cluster.nodes[2].endpoint}
+    assert "cache" in nodes["node0"]
+    status, _, body = await call(http, "POST", f"{cluster.urls[0]}/admin/forget",
+                                 json={"node": "node1"}, token=token)  # fmt: skip
+    assert status == 400
+    assert "live" in body["error"]["message"]
+    status, _, body = await call(http, "POST", f"{cluster.urls[0]}/admin/forget",
+                                 json={"node": "node2"}, token=token)  # fmt: skip
+    assert (status, body) == (200, {"forgotten": "node2"})
+    _, _, body = await call(http, "GET", url, token=token)
+    assert sorted(body["nodes"]) == ["node0", "node1"]

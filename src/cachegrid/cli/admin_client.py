@@ -88,6 +88,9 @@ def render_status(answer: dict[str, Any]) -> str:
         if "error" in status:
             rows.append([node, "unreachable", status["error"], "", "", "", "", "", ""])
             continue
+        if status.get("state") == "down":  # registered once, no live lease now
+            rows.append([node, f"down ({status.get('addr')})", "", "", "", "", "", "", ""])
+            continue
         cache = status["cache"]
         replicas = status["replicas"]
         up = sum(1 for r in replicas if r["up"])

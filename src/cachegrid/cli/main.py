@@ -241,6 +241,16 @@ def undrain(ctx: click.Context, node_id: str, weight: int, as_json: bool | None)
 
 
 @admin.command()
+@click.argument("node_id")
+@json_flag
+@click.pass_context
+def forget(ctx: click.Context, node_id: str, as_json: bool | None) -> None:
+    """Forget NODE_ID, a node that is gone for good (status shows it as down until then)."""
+    _admin(ctx, "POST", "/admin/forget", {"node": node_id},
+           lambda answer: f"forgot {answer['forgotten']}", as_json)  # fmt: skip
+
+
+@admin.command()
 @json_flag
 @click.pass_context
 def repair(ctx: click.Context, as_json: bool | None) -> None:

@@ -92,6 +92,19 @@ class Admin:
             for item in snapshot.items
         }
 
+    async def known_nodes(self) -> dict[str, dict[str, Any]]:
+        """node id -> {"addr"} of every node that ever registered and was not forgotten."""
+        snapshot = await self._etcd.get_prefix(self._keys.known)
+        return {
+            Keyspace.name_under(item.key, self._keys.known): orjson.loads(item.value)
+            for item in snapshot.items
+        }
+
+    async def forget(self, node_id: str) -> None:
+        """Drop a node that is gone for good from the status (and its operator weight)."""
+        await self._etcd.delete(self._keys.known_node(node_id))
+        await self._etcd.delete(self._keys.weight(node_id))
+
     async def set_weight(self, node_id: str, weight: int) -> int:
         """Persist the operator's weight for ``node_id``; the revision of the write."""
         return await self._etcd.put(self._keys.weight(node_id), b"%d" % weight)

@@ -320,6 +320,9 @@ class Coordinator:
                 self._set_weight(weight.value)
             self.incarnation = uuid.uuid4().hex[:12]
             await self._put_member()
+            # Outlives the lease: status shows this node as down once it is gone.
+            await self._etcd.put(self._keys.known_node(self.settings.node_id),
+                                 orjson.dumps({"addr": self.settings.addr}))  # fmt: skip
         except BaseException:
             self.session = previous
             await session.close(revoke=True)  # or its keep-alive loop would run on, orphaned

@@ -7,6 +7,8 @@ Keys under ``<prefix>/``:
                         all I do not own under the ring it gave" (node's lease)
     weights/<node-id>   "<weight>"    the operator's weight for the node (no lease: it
                         outlives the node); the node re-registers with it
+    nodes/<node-id>     {"addr"}      every node that ever registered (no lease: status
+                        shows one that is gone as down, until an operator forgets it)
     admin/<id>          {"id", "op", "args"}  an admin command, under a short lease of its own
     admin-done/<id>/<node-id>  {...}  a node's result, under the command's lease
     inval/<node-id>/<id>  a read-lease drop record of the owner <node-id> (its holders drop
@@ -45,6 +47,13 @@ class Keyspace:
     @property
     def weights(self) -> bytes:
         return self.root + b"weights/"
+
+    @property
+    def known(self) -> bytes:
+        return self.root + b"nodes/"
+
+    def known_node(self, node_id: str) -> bytes:
+        return self.known + node_id.encode()
 
     @property
     def commands(self) -> bytes:

@@ -53,6 +53,7 @@ ADMIN_ROUTES: Routes = {
     "/admin/rebalance": {"POST": "rebalance"},
     "/admin/drain": {"POST": "drain"},
     "/admin/repair": {"POST": "repair"},
+    "/admin/forget": {"POST": "forget"},
 }
 BODY_LIMIT = 1 << 20  # bytes of an admin request's body
 
@@ -63,6 +64,10 @@ class Commands(Protocol):
     async def run(self, op: str, args: dict[str, Any], wait: float) -> dict[str, Any]: ...
 
     async def live_members(self) -> dict[str, dict[str, Any]]: ...
+
+    async def known_nodes(self) -> dict[str, dict[str, Any]]: ...
+
+    async def forget(self, node_id: str) -> None: ...
 
     async def set_weight(self, node_id: str, weight: int) -> int: ...
 
@@ -123,8 +128,11 @@ class AdminApi:
             statuses = await asyncio.gather(
                 *(self._remote_status(node, record["addr"]) for node, record in members.items())
             )
-            return json_response({"nodes": dict(zip(members, statuses, strict=True))},
-                                 self.node_id)  # fmt: skip
+            nodes: dict[str, Any] = dict(zip(members, statuses, strict=True))
+            for node, record in (await self.admin.known_nodes()).items():
+                if node not in nodes:  # registered once, no live lease now
+                    nodes[node] = {"state": "down", "addr": record.get("addr")}
+            return json_response({"nodes": nodes}, self.node_id)
         return json_response(self.local_status(), self.node_id)
 
     def local_status(self) -> dict[str, Any]:
@@ -178,6 +186,17 @@ class AdminApi:
             raise BadRequest('"node" must name a node id')
         result = await self._set_weights({node: 0}, wait_of(body), force_of(body))
         return json_response(result, self.node_id)
+
+    async def forget(self, request: web.Request) -> web.StreamResponse:
+        """Forget a node that is gone for good (status shows it as down until then)."""
+        body = await read_object(request)
+        node = body.get("node")
+        if not isinstance(node, str):
+            raise BadRequest('"node" must name a node id')
+        if node in await self.admin.live_members():
+            raise BadRequest(f"{node} is live: drain and stop it first")
+        await self.admin.forget(node)
+        return json_response({"forgotten": node}, self.node_id)
 
     async def repair(self, request: web.Request) -> web.StreamResponse:
         report = await self.store.repair()
