@@ -73,6 +73,7 @@ from cachegrid.coord.ownership import Ownership
 from cachegrid.coord.session import Session
 from cachegrid.errors import CachegridError
 from cachegrid.lifecycle import uncancellable
+from cachegrid.logs import Throttle
 from cachegrid.ring import DEFAULT_VNODES, Member, Ring
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ class Coordinator:
         self._registered_lease = 0
         self._registered_at = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}  # the background loops, by name
+        self._throttle = Throttle()  # of the warnings that repeat while etcd is away
         self._stopping = False
 
     def attach(self, *, on_release: ReleaseFn | None = None, on_admin: AdminFn | None = None,
@@ -456,8 +458,8 @@ class Coordinator:
                 log.warning("watch compacted (%s): re-snapshot", error.message)
                 await self._resync()
             except (EtcdUnavailable, EtcdError) as error:
-                log.warning("watch broke: %s; resuming at %d", error.message,
-                            self.applied_revision + 1)  # fmt: skip
+                self._warn("watch", "watch broke: %s; resuming at %d", error.message,
+                           self.applied_revision + 1)  # fmt: skip
                 await asyncio.sleep(0.2)
 
     async def _resync(self) -> None:
@@ -528,7 +530,7 @@ class Coordinator:
             return await self._etcd.put(self._keys.ack(self.settings.node_id), value,
                                         lease=session.lease_id)  # fmt: skip
         except (EtcdUnavailable, EtcdError) as error:  # e.g. NOSPACE: acks resume later
-            log.warning("ack of %s not written: %s", value.decode(), error.message)
+            self._warn("ack", "ack of %s not written: %s", value.decode(), error.message)
             return None
 
     # -- activation -----------------------------------------------------------------------
@@ -595,6 +597,16 @@ class Coordinator:
 
     # -- helpers --------------------------------------------------------------------------
 
+    def _warn(self, kind: str, message: str, *args: object) -> None:
+        """A warning that may repeat many times a second while etcd is away: logged with
+        backoff (logs.py), saying how many like it were held back."""
+        held = self._throttle.allow(kind, self._clock())
+        if held is None:
+            return
+        if held:
+            message, args = message + " (%d more like it held back)", (*args, held)
+        log.warning(message, *args)
+
     def _supervised(
         self,
         loop: Callable[[], Awaitable[None]],
@@ -638,6 +650,6 @@ class Coordinator:
                 await step()
                 return
             except (EtcdUnavailable, EtcdError) as error:
-                log.warning("etcd: %s; retrying", error.message)
+                self._warn("retry", "etcd: %s; retrying", error.message)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
