@@ -75,6 +75,10 @@ class CopyTable:
             return None
         return copy
 
+    def holds(self, key: str) -> bool:
+        """True if a copy of ``key`` is here (live or not: ``serve`` says)."""
+        return key in self._copies
+
     def asking(self, key: str) -> bool:
         return key in self._tickets
 
