@@ -131,6 +131,3 @@ class CopyTable:
         keys = [k for k, c in self._copies.items() if doomed(k, c.owner)]
         keys += [k for k, t in self._tickets.items() if doomed(k, t.owner)]
         return self.drop(keys)
-
-    def held_keys(self) -> list[str]:
-        return list(self._copies.keys())
