@@ -134,6 +134,10 @@ class Metrics:
             "cachegrid_connections_refused",
             "Connections refused with 503 because node.max_connections were open.",
         )
+        self.connections_timed_out = self._count(
+            "cachegrid_connections_timed_out",
+            "Connections closed by node.idle_timeout: idle, or stalled before a request head.",
+        )
         self.forward_refused = self._count(
             "cachegrid_forward_refused",
             "Requests refused (503) because too many already waited on their owner.",

@@ -43,6 +43,14 @@ def closed_by_peer(conn: socket.socket, within: float) -> bool:
         return False
 
 
+async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
+    async with http.get(f"{url}/metrics") as response:
+        page = await response.text()
+    values = [line.split()[1] for line in page.splitlines() if line.startswith(f"{name} ")]
+    assert values, f"{name} not in /metrics"
+    return float(values[0])
+
+
 async def test_stalled_half_requests_are_closed_and_do_not_slow_gets(fresh_cluster,
                                                                      http) -> None:  # fmt: skip
     cluster = await asyncio.to_thread(fresh_cluster, node_config=LIMITS)
@@ -61,6 +69,8 @@ async def test_stalled_half_requests_are_closed_and_do_not_slow_gets(fresh_clust
         assert await asyncio.to_thread(closed_by_peer, idle, 2.0)
         closed = [await asyncio.to_thread(closed_by_peer, c, 2.0) for c in stalled]
         assert all(closed), closed.count(False)
+        timed_out = await metric(http, url, "cachegrid_connections_timed_out_total")
+        assert timed_out >= len(stalled) + 1, timed_out
     finally:
         for conn in [*stalled, idle]:
             conn.close()
@@ -139,6 +149,8 @@ async def test_out_of_file_descriptors_the_node_serves_on_and_recovers(fresh_clu
     assert node.running
     logged = node.log_path.read_bytes().count(b"\n") - logged_before
     assert logged < 20, node.log_tail(30)
+    # ... but it said, once in a while, why it dropped connections.
+    assert b"open file descriptors near the limit" in node.log_path.read_bytes()
     async with aiohttp.ClientSession() as http, http.get(f"{cluster.urls[0]}/metrics") as got:
         page = await got.text()
     gauges = {line.split()[0]: float(line.split()[1]) for line in page.splitlines()

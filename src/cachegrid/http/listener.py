@@ -9,23 +9,33 @@ Invariants:
 - At most ``max_connections`` connections are served at once (counted as aiohttp's server
   counts them: from ``connection_made`` until the handler is gone); a refused connection
   costs one small write and is never read.
-- Stalled connections are not this module's concern: aiohttp's keep-alive timer, which
-  app.py sets to ``node.idle_timeout``, closes a connection that has not completed a request
-  head within that time of its start or of its last answer.
-- Accepting past the process's descriptor limit (EMFILE) is asyncio's: it logs once, stops
-  accepting for a second and goes on serving the connections it has.
+- Stalled connections are closed by aiohttp's keep-alive timer, which app.py sets to
+  ``node.idle_timeout``: it closes a connection that has not completed a request head within
+  that time of its start or of its last answer. This module only counts those closes.
+- Accepting past the process's descriptor limit (EMFILE) is the event loop's: it drops the
+  connection it cannot accept and goes on serving those it has, silently under uvloop. So
+  the listener raises the soft limit toward the hard one at start, and checks once a second
+  how close the process is to it, with a rate-limited warning when near.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import resource
 from typing import cast
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from cachegrid.errors import Unavailable
-from cachegrid.metrics import Metrics
+from cachegrid.logs import Throttle
+from cachegrid.metrics import Count, Metrics
+
+log = logging.getLogger(__name__)
 
 _MESSAGE = "too many open connections (node.max_connections)"
 _BODY = orjson.dumps({"error": {"code": Unavailable.code, "message": _MESSAGE}})
@@ -55,12 +65,93 @@ class _Refused(asyncio.Protocol):
         """Dropped."""
 
 
+def _counting_timeouts(timed_out: Count) -> type[RequestHandler]:
+    """aiohttp's connection protocol, counting the connections its keep-alive timer closes.
+    (aiohttp has no hook for it: this wraps its private timer callback, which force-closes
+    an idle connection; tests/integration/test_connection_limits.py checks the count.)"""
+
+    class TimedHandler(RequestHandler):
+        __slots__ = ()
+
+        def _process_keepalive(self) -> None:
+            closing = self._force_close
+            super()._process_keepalive()
+            if self._force_close and not closing:
+                timed_out.inc()
+
+    return TimedHandler
+
+
+# Descriptors the process keeps beyond its connections: the store's and etcd's
+# connections, peers, logs, the event loop's own.
+RESERVED_DESCRIPTORS = 256
+
+
+def raise_descriptor_limit(max_connections: int) -> tuple[int, int]:
+    """Raise the soft open-files limit toward the hard one, as far as ``max_connections``
+    plus the reserve needs (as Go's runtime and nginx's worker_rlimit_nofile do); the
+    (soft, hard) limits after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + RESERVED_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    return soft, hard
+
+
+class DescriptorWatch:
+    """Warns, rate-limited, while the process's open descriptors are near its limit: new
+    connections are then dropped unseen by the event loop, and only this says why."""
+
+    def __init__(self, headroom: int = 32, interval: float = 1.0) -> None:
+        self.headroom, self.interval = headroom, interval
+        self._throttle = Throttle()
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<DescriptorWatch headroom={self.headroom}>"
+
+    def check(self, now: float) -> None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            in_use = len(os.listdir("/proc/self/fd"))
+        except OSError:  # no /proc (or out of descriptors to read it: then surely near)
+            in_use = soft
+        if soft == resource.RLIM_INFINITY or in_use < soft - self.headroom:
+            return
+        held = self._throttle.allow("descriptors", now)
+        if held is not None:
+            log.warning("open file descriptors near the limit (%d of %d): new connections "
+                        "are dropped; raise the limit (ulimit -n) or lower "
+                        "node.max_connections (%d like this held back)",
+                        in_use, soft, held)  # fmt: skip
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.interval)
+            self.check(loop.time())
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="descriptor-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class Listener:
     def __init__(self, server: web.Server, max_connections: int, metrics: Metrics) -> None:
         self._server_protocols = server
+        self._handler = _counting_timeouts(metrics.connections_timed_out)
         self.max_connections = max_connections
         self._refused = metrics.connections_refused
         self._socket_server: asyncio.Server | None = None
+        self._watch = DescriptorWatch()
 
     def __repr__(self) -> str:
         return f"<Listener open={self.open}/{self.max_connections}>"
@@ -76,14 +167,24 @@ class Listener:
         if self.open >= self.max_connections:
             self._refused.inc()
             return _Refused()
-        return self._server_protocols()
+        # As aiohttp's Server.__call__ does, with the handler class that counts timeouts.
+        server = self._server_protocols
+        return self._handler(server, loop=server._loop, **server._kwargs)
 
     async def start(self, host: str, port: int) -> None:
+        soft, hard = raise_descriptor_limit(self.max_connections)
+        if soft - RESERVED_DESCRIPTORS < self.max_connections:
+            log.warning("the open-files limit (%d, hard %d) is below node.max_connections "
+                        "(%d) plus %d for the node's own use: connections past it are "
+                        "dropped unanswered", soft, hard, self.max_connections,
+                        RESERVED_DESCRIPTORS)  # fmt: skip
         loop = asyncio.get_running_loop()
         self._socket_server = await loop.create_server(self._protocol, host, port,
                                                        reuse_address=True)  # fmt: skip
+        self._watch.start()
 
     async def close(self) -> None:
         """Stop accepting (the connections open are aiohttp's to drain)."""
+        await self._watch.stop()
         if self._socket_server is not None:
             self._socket_server.close()
