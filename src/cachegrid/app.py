@@ -24,6 +24,7 @@ from cachegrid.coord.coordinator import Coordinator, CoordSettings
 from cachegrid.coord.etcd import Etcd
 from cachegrid.coord.invalidation import Publisher
 from cachegrid.errors import Unavailable
+from cachegrid.hotkeys import KeyTraffic, TopKeys
 from cachegrid.http.admin import AdminApi
 from cachegrid.http.api import ENVELOPE_BYTES, Api, Limits
 from cachegrid.http.framework import add_not_found
@@ -73,8 +74,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     def read_leases() -> dict[str, int]:
         return {"held": len(holder.copies), "granted": len(owner_leases.table)}
 
+    traffic = KeyTraffic(reads=TopKeys(), writes=TopKeys())
     admin_api = AdminApi(node, coordinator, Admin(etcd, config.etcd.prefix), store, forwarder,
-                         settings.admin_token, read_leases)  # fmt: skip
+                         settings.admin_token, read_leases, traffic)  # fmt: skip
     app = web.Application(client_max_size=config.store.max_value_bytes + ENVELOPE_BYTES)
     router = Router(node, forwarder, ByteBudget(settings.max_bytes_in_flight), holder,
                     settings.max_forwards_per_owner)  # fmt: skip
@@ -82,12 +84,14 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         max_key_bytes=config.store.max_key_bytes, max_value_bytes=config.store.max_value_bytes,
         max_batch=settings.max_batch_keys, max_in_flight=settings.max_in_flight_requests,
         max_batch_bytes=settings.max_batch_bytes, write_timeout=settings.write_timeout,
+        access_log=settings.access_log,
     )  # fmt: skip
-    Api(node, coordinator, router, limits).add_routes(app)
+    Api(node, coordinator, router, limits, traffic).add_routes(app)
     admin_api.add_routes(app)
     add_not_found(app)
     add_gauges(metrics, coordinator, node, store, router.budget, holder)
-    # No access log: it would read attributes that pre-encoded hit answers lack (http/wire.py).
+    # No aiohttp access log: it would read attributes that pre-encoded hit answers lack
+    # (http/wire.py); the routes' guard writes one instead (node.access_log).
     # aiohttp's keep-alive timer runs from a connection's start and from each answer: it
     # closes idle connections and those that stall before completing a request head.
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.idle_timeout)
@@ -105,7 +109,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         if not await unless_stopped(_start(store, listener, host, int(port), coordinator), stop):
             return
         node.detector.start()
-        log.info("node %s serving on %s", settings.node_id, settings.listen)
+        log.info("node %s serving on %s", settings.node_id, settings.listen,
+                 extra={"event": "node_started", "listen": settings.listen})  # fmt: skip
         await _first_of(stop.wait(), coordinator.fatal.wait())
         if coordinator.fatal.is_set() and coordinator.failed is not None:
             raise coordinator.failed
@@ -141,6 +146,8 @@ def releaser(coordinator: Coordinator, node: Node,
 async def _shutdown(coordinator: Coordinator, node: Node, listener: Listener, runner: web.AppRunner,
                     forwarder: Forwarder, store: QuorumStore, etcd: Etcd) -> None:  # fmt: skip
     """In the order of the module's docstring."""
+    log.info("node leaving: releasing its keys, then revoking its lease",
+             extra={"event": "node_stopping"})  # fmt: skip
     await coordinator.stop()
     await node.detector.stop()
     await listener.close()
@@ -148,6 +155,7 @@ async def _shutdown(coordinator: Coordinator, node: Node, listener: Listener, ru
     await forwarder.close()
     await store.close()
     await etcd.close()
+    log.info("node stopped", extra={"event": "node_stopped"})
 
 
 async def _start(store: QuorumStore, listener: Listener, host: str, port: int,

@@ -118,6 +118,9 @@ class NodeConfig:
     max_forwards_per_owner: int = 1024
     # Bearer token of the /admin API (empty: the admin API is disabled).
     admin_token: str = ""
+    # One log line per request answered (logger cachegrid.access: method, path, status,
+    # milliseconds, cache result, request id, client address).
+    access_log: bool = False
     # The inconsistency detector re-reads one cache hit in this many from the store (0: off),
     # and at most this many per second.
     stale_check_every: int = 100

@@ -332,3 +332,40 @@ async def test_a_node_that_is_gone_shows_as_down_until_forgotten(fresh_cluster, 
     assert (status, body) == (200, {"forgotten": "node2"})
     _, _, body = await call(http, "GET", url, token=token)
     assert sorted(body["nodes"]) == ["node0", "node1"]
+
+
+async def test_hot_keys_are_listed_per_node_by_reads_and_writes(http, fresh_cluster) -> None:
+    """GET /admin/hotkeys and `cachegrid admin hotkeys`: the keys clients read and wrote
+    most through each node, counted where the client sent them (a forward is not counted
+    again at the owner)."""
+    cluster = await asyncio.to_thread(fresh_cluster)
+    node0, node1 = cluster.urls[0], cluster.urls[1]
+    for i in range(30):
+        await call(http, "PUT", f"{node0}/v1/kv/written-{i % 3}", json={"value": i})
+    for i in range(200):
+        await call(http, "GET", f"{node1}/v1/kv/{'popular' if i % 4 else f'rare-{i}'}")
+    status, _, body = await call(http, "GET", f"{node1}/admin/hotkeys?limit=3",
+                                 token=cluster.admin_token)  # fmt: skip
+    assert status == 200, body
+    assert body["reads"]["keys"][0] == {
+        "key": "popular", "count": 150, "error": 0,
+        "per_second": body["reads"]["keys"][0]["per_second"],
+    }  # fmt: skip
+    assert len(body["reads"]["keys"]) == 3
+    assert body["writes"]["keys"] == []
+    status, _, both = await call(http, "GET", f"{node0}/admin/hotkeys?scope=cluster",
+                                 token=cluster.admin_token)  # fmt: skip
+    written = both["nodes"]["node0"]["writes"]["keys"]
+    assert sorted((e["key"], e["count"]) for e in written) == [
+        ("written-0", 10), ("written-1", 10), ("written-2", 10),
+    ]  # fmt: skip
+    owners = [n for n in ("node1", "node2") if both["nodes"][n]["writes"]["keys"]]
+    assert owners == [], "a forwarded write was counted again at its owner"
+    bad, _, error = await call(http, "GET", f"{node0}/admin/hotkeys?limit=0",
+                               token=cluster.admin_token)  # fmt: skip
+    assert (bad, error["error"]["code"]) == (400, "bad_request")
+    table = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "cachegrid", "admin", "--url", node0, "--token",
+        cluster.admin_token, "hotkeys", "--limit", "1"], capture_output=True, text=True,
+        timeout=60, check=True)  # fmt: skip
+    assert re.search(r"^reads\s+popular\s+150\s", table.stdout, re.M), table.stdout

@@ -120,3 +120,19 @@ def render_repair(answer: dict[str, Any]) -> str:
     unreachable = ", ".join(answer["unreachable"]) or "none"
     return (f"keys checked: {answer['keys_checked']}\ncopies written: {answer['copies_written']}"
             f"\nunreachable replicas: {unreachable}")  # fmt: skip
+
+
+def render_hotkeys(answer: dict[str, Any]) -> str:
+    """One table per node: the keys read most, then written most, with rates."""
+    parts = []
+    for node, report in sorted(answer["nodes"].items()):
+        if "error" in report:
+            parts.append(f"{node}: unreachable ({report['error']})")
+            continue
+        rows = [[kind, entry["key"], entry["count"], entry["per_second"],
+                 f"±{entry['error']}" if entry["error"] else ""]
+                for kind in ("reads", "writes") for entry in report[kind]["keys"]]  # fmt: skip
+        seconds = report["reads"]["seconds"]
+        listed = table(["kind", "key", "count", "per s", "error"], rows) if rows else "(none)"
+        parts.append(f"{node} (last {seconds:.0f} s)\n{listed}")
+    return "\n\n".join(parts)

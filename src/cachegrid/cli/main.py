@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -12,11 +11,12 @@ from typing import Any
 
 import click
 
-from cachegrid import app, config
+from cachegrid import app, config, logs
 from cachegrid.cli import admin_client
 from cachegrid.cli.kv import kv
 from cachegrid.cli.options import json_flag, wants_json
 from cachegrid.coord.coordinator import DuplicateNodeId
+from cachegrid.coord.etcd import EtcdUnavailable
 from cachegrid.devcluster import cluster
 
 
@@ -42,20 +42,28 @@ def main() -> None:
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
 )
+@click.option(
+    "--log-format",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "json", "text"]),
+    help="JSON lines, text, or auto: text on a terminal, JSON lines otherwise.",
+)
 def node(
     config_path: Path | None,
     node_id: str | None,
     listen: str | None,
     advertise: str | None,
     log_level: str,
+    log_format: logs.LogFormat,
 ) -> None:
     """Run one cache node until SIGINT or SIGTERM."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     flags = {"node.id": node_id, "node.listen": listen, "node.advertise": advertise}
     try:
         settings = config.load(config_path, overrides={k: v for k, v in flags.items() if v})
     except config.ConfigError as error:
         raise click.ClickException(str(error)) from error
+    logs.configure(log_level, log_format, settings.node.node_id)
     if settings.node.event_loop == "uvloop":
         import uvloop
 
@@ -73,6 +81,10 @@ async def _serve_until_signalled(settings: config.Config) -> None:
         await app.serve(settings, stop)
     except DuplicateNodeId as error:
         raise click.ClickException(error.message) from error
+    except EtcdUnavailable as error:  # at start, or etcd gone for longer than the lease
+        endpoints = ", ".join(settings.etcd.endpoints)
+        raise click.ClickException(f"etcd unreachable (etcd.endpoints: {endpoints}): "
+                                   f"{error.message}") from error  # fmt: skip
 
 
 @main.command()
@@ -178,6 +190,22 @@ def status(ctx: click.Context, as_json: bool | None) -> None:
 def ring(ctx: click.Context, as_json: bool | None) -> None:
     """The ring: members, weights and shares of the keyspace."""
     _admin(ctx, "GET", "/admin/ring", None, admin_client.render_ring, as_json)
+
+
+@admin.command()
+@click.option(
+    "--limit",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Keys listed per node and kind.",
+)
+@json_flag
+@click.pass_context
+def hotkeys(ctx: click.Context, limit: int, as_json: bool | None) -> None:
+    """The keys read and written most through each node in the last minute or two."""
+    _admin(ctx, "GET", f"/admin/hotkeys?scope=cluster&limit={limit}", None,
+           admin_client.render_hotkeys, as_json)  # fmt: skip
 
 
 @admin.command()

@@ -379,7 +379,8 @@ class Coordinator:
         (our member key is not ours any more, or a loop died)."""
         session = self.session
         if session is not None and not self._stopping:
-            log.error("node %s gives up its lease: %s", self.settings.node_id, reason)
+            log.error("node %s gives up its lease: %s", self.settings.node_id, reason,
+                      extra={"event": "lease_given_up"})  # fmt: skip
             self.ownership.reset()
             self._on_change()
             session.abandon(reason)
@@ -469,10 +470,18 @@ class Coordinator:
 
     async def _apply_event(self, event: WatchEvent) -> None:
         if event.key.startswith(self._keys.members):
+            node_id = Keyspace.name_under(event.key, self._keys.members)
+            known = node_id in self._members
             if event.kind == "put":
                 self._read_member(KeyValue(event.key, event.value, 0, event.revision, event.lease))
-            else:
-                self._members.pop(Keyspace.name_under(event.key, self._keys.members), None)
+                if not known and node_id in self._members:
+                    log.info("member %s joined at %s", node_id, self._members[node_id].addr,
+                             extra={"event": "member_joined", "member": node_id,
+                                    "revision": event.revision})  # fmt: skip
+            elif self._members.pop(node_id, None) is not None:
+                log.info("member %s left (lease revoked or expired)", node_id,
+                         extra={"event": "member_left", "member": node_id,
+                                "revision": event.revision})  # fmt: skip
             if event.revision > self._registered_at:  # not the past of an earlier session
                 self._check_identity(event.key, event.lease if event.kind == "put" else None)
             await self._apply_ring(event.revision)
@@ -502,8 +511,14 @@ class Coordinator:
         ring = Ring(list(self._members.values()), epoch=epoch, vnodes=self.settings.vnodes)
         self.ownership.apply(ring)
         self._on_change()
+        started = self._clock()
         await self._release(drop_all=False)
         await self._ack(epoch)
+        released = self._clock() - started
+        log.info("ring epoch %d applied: %d members (%s); released and acked in %.3f s",
+                 epoch, len(ring.members), ", ".join(sorted(self._members)), released,
+                 extra={"event": "ring_applied", "epoch": epoch, "members": sorted(self._members),
+                        "release_seconds": round(released, 4)})  # fmt: skip
 
     async def _run_admin(self, event: WatchEvent) -> None:
         """Carry out an admin command and leave the result for its issuer."""
@@ -536,16 +551,23 @@ class Coordinator:
     # -- activation -----------------------------------------------------------------------
 
     async def _activation_loop(self) -> None:
+        waiting: tuple[int, float] | None = None  # the epoch waited for, since when
         while not self._stopping:
             epoch = self.ownership.needs_activation()
             if epoch is None or not (self.session and self.session.alive()):
                 await self._wait_change(self.settings.activation_poll)
                 continue
+            if waiting is None or waiting[0] != epoch:
+                waiting = (epoch, self._clock())
             try:
                 confirmed_at = await self._all_acked(epoch)
             except (EtcdUnavailable, EtcdError):
                 confirmed_at = None
             if confirmed_at is not None and self.ownership.activate(epoch, confirmed_at):
+                waited = self._clock() - waiting[1]
+                log.info("ring epoch %d active: every live member acked it, after %.3f s",
+                         epoch, waited, extra={"event": "ring_activated", "epoch": epoch,
+                                               "wait_seconds": round(waited, 4)})  # fmt: skip
                 self._on_change()
                 async with self._changed:
                     self._changed.notify_all()

@@ -124,6 +124,7 @@ class Session:
         self.deadline = max(self.deadline, sent + granted - self.margin)
 
     def _lose(self, reason: str) -> None:
-        log.warning("lease %x lost: %s", self.lease_id, reason)
+        log.warning("lease %x lost: %s", self.lease_id, reason,
+                    extra={"event": "lease_lost", "lease": f"{self.lease_id:x}"})  # fmt: skip
         self.deadline = 0.0
         self.lost.set()

@@ -11,6 +11,7 @@ Routes (JSON bodies):
     POST /admin/rebalance  {"weights": {"<node-id>": <int>, ...}}
     POST /admin/drain      {"node": "<node-id>"}          (weight 0: it then owns nothing)
     POST /admin/repair     anti-entropy over the store replicas
+    GET  /admin/hotkeys[?limit=10][&scope=cluster]   keys read and written most
 
 Invariants:
 - The token is compared in constant time; with no token configured, every admin route
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -31,6 +33,7 @@ import orjson
 from aiohttp import web
 
 from cachegrid.errors import BadRequest, CachegridError, Forbidden, Unauthorized
+from cachegrid.hotkeys import KeyTraffic
 from cachegrid.http.framework import (
     Answer,
     Handler,
@@ -45,6 +48,8 @@ from cachegrid.ring import Ring
 from cachegrid.serving.owner import Node
 from cachegrid.serving.ports import Peers
 
+log = logging.getLogger(__name__)
+
 DEFAULT_WAIT = 15.0  # seconds an admin request waits for the cluster
 ADMIN_ROUTES: Routes = {
     "/admin/status": {"GET": "status"},
@@ -53,6 +58,7 @@ ADMIN_ROUTES: Routes = {
     "/admin/rebalance": {"POST": "rebalance"},
     "/admin/drain": {"POST": "drain"},
     "/admin/repair": {"POST": "repair"},
+    "/admin/hotkeys": {"GET": "hotkeys"},
     "/admin/forget": {"POST": "forget"},
 }
 BODY_LIMIT = 1 << 20  # bytes of an admin request's body
@@ -106,9 +112,11 @@ class AdminApi:
         store: StoreAdmin,
         peers: Peers,
         token: str,
-        read_leases: Callable[[], dict[str, int]] = dict,
+        read_leases: Callable[[], dict[str, int]],
+        traffic: KeyTraffic,
     ) -> None:
         self.node = node
+        self.traffic = traffic  # the keys clients read and write most through this node
         self.read_leases = read_leases  # {"held": copies here, "granted": rows here}
         self.node_id = node.node_id
         self.coordinator = coordinator
@@ -150,6 +158,20 @@ class AdminApi:
             "replicas": self.store.health(),
             "read_leases": self.read_leases(),
         }
+
+    async def hotkeys(self, request: web.Request) -> web.StreamResponse:
+        """The keys read and written most through this node (or, with ``scope=cluster``,
+        through each live node) in the last one to two minutes."""
+        limit = limit_of(request)
+        if request.query.get("scope") != "cluster":
+            return json_response(self.traffic.report(limit), self.node_id)
+        members = await self.admin.live_members()
+        path = f"/admin/hotkeys?limit={limit}"
+        reports = await asyncio.gather(*(
+            self._remote(node, record["addr"], path, lambda: self.traffic.report(limit))
+            for node, record in members.items()
+        ))  # fmt: skip
+        return json_response({"nodes": dict(zip(members, reports, strict=True))}, self.node_id)
 
     async def ring(self, request: web.Request) -> web.StreamResponse:
         ring = self.coordinator.ring
@@ -237,11 +259,16 @@ class AdminApi:
             await asyncio.sleep(0.1)
 
     async def _remote_status(self, node: str, addr: str) -> dict[str, Any]:
+        return await self._remote(node, addr, "/admin/status", self.local_status)
+
+    async def _remote(self, node: str, addr: str, path: str,
+                      local: Callable[[], dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+        """GET ``path`` of the admin API of ``node`` (``local()`` for this node itself)."""
         if node == self.node_id:
-            return self.local_status()
+            return local()
         try:
             answer = await self.peers.forward(
-                "GET", addr, "/admin/status", hops=0,
+                "GET", addr, path, hops=0,
                 headers={"Authorization": f"Bearer {self._token.decode()}"},
             )  # fmt: skip
         except CachegridError as error:
@@ -259,9 +286,32 @@ class AdminApi:
             scheme, _, token = supplied.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self._token):
                 raise Unauthorized("a valid 'Authorization: Bearer <token>' is required")
-            return await handler(request)
+            if request.method == "GET":
+                return await handler(request)
+            try:
+                answer = await handler(request)
+            except CachegridError as error:
+                await log_admin(request, error.status)
+                raise
+            await log_admin(request, answer.status)
+            return answer
 
         return checked
+
+
+async def log_admin(request: web.Request, status: int) -> None:
+    """An admin action, with who asked (the client's address and agent) and what it
+    asked (the body the handler read, cut to 300 bytes)."""
+    try:
+        body = await request.read()  # aiohttp keeps what the handler read
+    except web.HTTPException:  # over the size limit: not read
+        body = b""
+    asked = body[:300].decode("utf-8", "replace")
+    log.info("admin %s by %s (%s): %s -> %d", request.path, request.remote,
+                request.headers.get("User-Agent", "-"), asked or "{}", status,
+                extra={"event": "admin", "action": request.path.removeprefix("/admin/"),
+                       "remote": request.remote, "body": asked, "status": status,
+                       "user_agent": request.headers.get("User-Agent")})  # fmt: skip
 
 
 def _settled(status: dict[str, Any], weights: dict[str, int]) -> bool:
@@ -293,6 +343,14 @@ def flush_args(body: dict[str, Any]) -> dict[str, Any]:
             check_key(key)
         return {"keys": keys}
     raise BadRequest('flush what? {"all": true}, {"prefix": "..."} or {"keys": [...]}')
+
+
+def limit_of(request: web.Request) -> int:
+    """The ``limit`` query parameter: how many keys to list (1 to 100, default 10)."""
+    raw = request.query.get("limit", "10")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise BadRequest('"limit" must be an integer from 1 to 100')
+    return int(raw)
 
 
 def force_of(body: dict[str, Any]) -> bool:

@@ -36,6 +36,7 @@ from cachegrid.errors import (
     VersionMismatch,
 )
 from cachegrid.headers import EPOCH_HEADER, JSON, NODE_HEADER, REPLICA_HEADER
+from cachegrid.hotkeys import KeyTraffic
 from cachegrid.http.conditions import condition_of
 from cachegrid.http.framework import (
     Admission,
@@ -99,6 +100,7 @@ class Limits:
     max_in_flight: int = 4096  # requests in progress at once
     max_batch_bytes: int = 16 << 20  # bytes of one batchGet answer
     write_timeout: float = 30.0  # seconds a client may take to read the next part of one
+    access_log: bool = False  # a log line per answer of the data routes
 
 
 class Readiness(Protocol):
@@ -114,8 +116,9 @@ class Readiness(Protocol):
 
 class Api:
     def __init__(self, node: Node, coordinator: Readiness, router: Router,
-                 limits: Limits) -> None:  # fmt: skip
+                 limits: Limits, traffic: KeyTraffic) -> None:  # fmt: skip
         self.node = node
+        self.traffic = traffic  # the keys clients read and write most here
         self.admission = Admission(limits.max_in_flight)
         self.coordinator = coordinator
         self.router = router
@@ -128,12 +131,14 @@ class Api:
 
     def add_routes(self, app: web.Application) -> None:
         """Every route, each with a JSON 405 for other methods; a JSON 404 for the rest."""
+        logged = self.limits.access_log  # the data routes only: not probes and scrapes
         add_table(app, bind(self, PUBLIC_ROUTES), self.node_id, self.node.metrics,
-                  self.admission)  # fmt: skip
+                  self.admission, logged)  # fmt: skip
         add_table(app, bind(self, OPS_ROUTES), self.node_id, self.node.metrics)
         # Not admitted: refusing an acknowledgement under load would make writes wait
         # out whole leases, which adds load.
-        add_table(app, bind(self, PEER_ROUTES), self.node_id, self.node.metrics)
+        add_table(app, bind(self, PEER_ROUTES), self.node_id, self.node.metrics,
+                  access_log=logged)  # fmt: skip
 
     async def metrics_page(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self.node.metrics.render(),
@@ -149,6 +154,7 @@ class Api:
         if encoded and ("If-None-Match" in headers or "If-Match" in headers):
             return await self._conditional_get(request, parse_condition(request))
         key = key_of(request)
+        self.traffic.reads.add(key)
         # The hot paths: no validation needed (only valid keys are ever held), nothing
         # awaited. A live read-lease copy is always a linearizable answer, so it may be
         # looked up first (a node holds none of the keys it owns).
@@ -216,6 +222,7 @@ class Api:
     async def put(self, request: web.Request) -> web.StreamResponse:
         key = key_of(request)
         check_key(key, self.limits.max_key_bytes)
+        self._count_write(request, key)
         limit = self.limits.max_value_bytes + ENVELOPE_BYTES
         with self.budget.reservation() as held:
             # The body, read whole, and its value, held until written through: reserved
@@ -244,12 +251,18 @@ class Api:
     async def delete(self, request: web.Request) -> web.StreamResponse:
         key = key_of(request)
         check_key(key, self.limits.max_key_bytes)
+        self._count_write(request, key)
         condition = parse_condition(request)
         try:
             version = await self.node.delete(key, condition)
         except NotOwner as moved:
             return await self._forward(request, moved)
         return self._written(key, version)
+
+    def _count_write(self, request: web.Request, key: str) -> None:
+        """Counted where the client sent it, not again at the owner it is forwarded to."""
+        if not hops(request):
+            self.traffic.writes.add(key)
 
     async def batch_get(self, request: web.Request) -> web.StreamResponse:
         document = await read_json(request, self.limits.max_value_bytes + ENVELOPE_BYTES)
@@ -267,6 +280,9 @@ class Api:
                 check_key(key, self.limits.max_key_bytes)
             except CachegridError as error:
                 raise type(error)(f"keys[{index}] {key[:60]!r}: {error.message}") from error
+        if not hops(request):  # a client's batch (forwarded ones were counted where sent)
+            for key in keys:
+                self.traffic.reads.add(key)
         with self.budget.reservation(self.limits.max_batch_bytes, "node.max_batch_bytes") as held:
             # Up front, what it will likely hold; never more than a capped answer can.
             most = min(3 * self.limits.max_batch_bytes, self.budget.limit)

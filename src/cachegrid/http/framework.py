@@ -9,6 +9,10 @@ Invariants:
   answer with its status; anything else is a bug, logged, and answered as a JSON 500
   without details.
 - Every answer names this node (``X-Cachegrid-Node``); 429 and 503 carry ``Retry-After``.
+- Request ids (requestids.py): every request's id is set for its handler and reset after;
+  every error body names it (``request_id``), and every answer except a pre-encoded hit
+  carries it in ``X-Request-Id`` once it has one (sent by the client, or made for an
+  error, a forward or a log line). With the access log on, every request gets a line.
 - Admission: with an ``Admission``, a route refuses with 429 at once while the node already
   works on ``limit`` requests, so overload sheds requests instead of queueing them.
 - A JSON body is refused before it is read if its declared length is over the limit (413),
@@ -26,6 +30,7 @@ from typing import Any, cast
 import orjson
 from aiohttp import web
 
+from cachegrid import requestids
 from cachegrid.errors import (
     BadRequest,
     CachegridError,
@@ -40,6 +45,7 @@ from cachegrid.http.wire import EncodedResponse
 from cachegrid.metrics import Count, Metrics
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("cachegrid.access")
 
 Answer = web.StreamResponse | EncodedResponse
 Handler = Callable[[web.Request], Awaitable[Answer]]
@@ -66,11 +72,12 @@ class Admission:
 
 
 def add_table(app: web.Application, table: Table, node_id: str, metrics: Metrics,
-              admission: Admission | None = None) -> None:  # fmt: skip
+              admission: Admission | None = None, access_log: bool = False) -> None:  # fmt: skip
     """Add every (path, {method: handler}), each with a JSON 405 for other methods."""
     for path, methods in table:
         for method, handler in methods.items():
-            wrapped = guarded(handler, node_id, f"{method} {path}", metrics, admission)
+            wrapped = guarded(handler, node_id, f"{method} {path}", metrics, admission,
+                              access_log)  # fmt: skip
             # aiohttp's type says StreamResponse; an EncodedResponse has what its request
             # handler uses of one (http/wire.py).
             app.router.add_route(method, path, cast(AiohttpHandler, wrapped))
@@ -84,9 +91,10 @@ def add_not_found(app: web.Application) -> None:
 
 
 def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics,
-            admission: Admission | None) -> Handler:  # fmt: skip
+            admission: Admission | None, access_log: bool = False) -> Handler:  # fmt: skip
     """The handler, with every error turned into its JSON response, measured, and (with
-    ``admission``) refused with 429 while the node already works on too many requests."""
+    ``admission``) refused with 429 while the node already works on too many requests; its
+    request id set while it runs; with ``access_log``, one log line per answer."""
     latency = {cache: metrics.requests.labels(route, cache) for cache in ("hit", "miss", "")}
     responses: dict[int, Count] = {}
 
@@ -98,6 +106,20 @@ def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics,
         counter.inc()
 
     async def run(request: web.Request) -> Answer:
+        tokens = requestids.begin(request.headers.get(requestids.HEADER))
+        try:
+            started = time.perf_counter() if access_log else 0.0
+            response = await answer(request)
+            if access_log:
+                log_access(request, response, route, time.perf_counter() - started)
+            request_id = requestids.known()
+            if request_id is not None and not isinstance(response, EncodedResponse):
+                response.headers[requestids.HEADER] = request_id
+            return response
+        finally:
+            requestids.end(tokens)
+
+    async def answer(request: web.Request) -> Answer:
         response: Answer
         started = time.perf_counter()
         if admission is not None:
@@ -128,6 +150,21 @@ def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics,
         return response
 
     return run
+
+
+def log_access(request: web.Request, response: Answer, route: str, seconds: float) -> None:
+    """One access-log line: what was asked, by whom, and how it was answered."""
+    if isinstance(response, EncodedResponse):
+        cache = response.cache
+    else:
+        cache = response.headers.get("X-Cache", "")
+    path, ms = request.path_qs[:300], round(seconds * 1000, 3)
+    access.info(
+        "%s %s %d %s %.3f ms", request.method, path, response.status, cache or "-", ms,
+        extra={"event": "access", "method": request.method, "path": path, "route": route,
+               "status": response.status, "cache": cache or None, "ms": ms,
+               "remote": request.remote, "request_id": requestids.current()},
+    )  # fmt: skip
 
 
 async def read_json(request: web.Request, limit: int, *, optional: bool = False) -> Any:
@@ -191,7 +228,9 @@ def hops(request: web.Request) -> int:
 
 
 def error_body(error: CachegridError) -> bytes:
-    return orjson.dumps({"error": {"code": error.code, "message": error.message}})
+    """The JSON error shape, naming the request (its id is made now if it had none)."""
+    return orjson.dumps({"error": {"code": error.code, "message": error.message,
+                                   "request_id": requestids.current()}})  # fmt: skip
 
 
 def error_response(error: CachegridError, node_id: str, cache: str | None = None) -> web.Response:
@@ -214,7 +253,7 @@ def json_response(document: Any, node_id: str) -> web.Response:
 def method_not_allowed(allowed: list[str]) -> Handler:
     async def answer(request: web.Request) -> web.StreamResponse:
         error = MethodNotAllowed(f"{request.method} not allowed; use {', '.join(allowed)}")
-        response = web.Response(status=405, body=error_body(error), content_type=JSON)
+        response = unrouted(request, 405, error)
         response.headers["Allow"] = ", ".join(allowed)
         return response
 
@@ -222,5 +261,15 @@ def method_not_allowed(allowed: list[str]) -> Handler:
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:
-    error = NotFound(f"no route {request.method} {request.path[:200]}")
-    return web.Response(status=404, body=error_body(error), content_type=JSON)
+    return unrouted(request, 404, NotFound(f"no route {request.method} {request.path[:200]}"))
+
+
+def unrouted(request: web.Request, status: int, error: CachegridError) -> web.Response:
+    """The error answer of a request no route's guard ran for, with its own request id."""
+    tokens = requestids.begin(request.headers.get(requestids.HEADER))
+    try:
+        response = web.Response(status=status, body=error_body(error), content_type=JSON)
+        response.headers[requestids.HEADER] = requestids.current()
+        return response
+    finally:
+        requestids.end(tokens)

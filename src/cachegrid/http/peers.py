@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from cachegrid import httpclient
+from cachegrid import httpclient, requestids
 from cachegrid.errors import Indeterminate, Unavailable
 from cachegrid.headers import HOPS_HEADER
 from cachegrid.serving.ports import PeerAnswer
@@ -71,6 +71,8 @@ class Forwarder:
         assert self._session is not None, "Forwarder.start() was not called"
         sent_headers = dict(headers or {})
         sent_headers[HOPS_HEADER] = str(hops + 1)
+        # The owner logs and answers under the id of the request it serves.
+        sent_headers.setdefault(requestids.HEADER, requestids.current())
         writing = not read and method not in ("GET", "HEAD")
         try:
             async with self._session.request(

@@ -27,6 +27,8 @@ from email.utils import formatdate
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
+from cachegrid import requestids
+
 # Above this many bytes waiting in the transport, a hit awaits the drain.
 HIGH_WATER = 64 * 1024
 
@@ -56,8 +58,12 @@ class HitPrefix:
 
 def usable(request: web.BaseRequest) -> bool:
     """True if the request may be answered with pre-encoded bytes (which include a body:
-    never for HEAD)."""
-    return request.version == HttpVersion11 and request.keep_alive and request.method == "GET"
+    never for HEAD; nor for a request that sent an ``X-Request-Id``, which its answer
+    echoes)."""
+    return (
+        request.version == HttpVersion11 and request.keep_alive and request.method == "GET"
+        and requestids.HEADER not in request.headers
+    )  # fmt: skip
 
 
 class EncodedResponse:

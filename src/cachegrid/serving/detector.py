@@ -79,7 +79,8 @@ class StaleDetector:
             with contextlib.suppress(StoreUnavailable):
                 if await self.is_stale(key):
                     self.metrics.stale_hits.inc()
-                    log.error("stale cache hit detected for %r", key)
+                    log.error("stale cache hit detected for %r", key,
+                              extra={"event": "stale_hit", "key": key[:200]})  # fmt: skip
             await asyncio.sleep(self.pause)
 
     async def is_stale(self, key: str) -> bool:

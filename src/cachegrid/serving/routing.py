@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from cachegrid import requestids
 from cachegrid.batching import Batcher
 from cachegrid.budget import ByteBudget, Reservation
 from cachegrid.errors import CachegridError, NotFound, Unavailable, status_of
@@ -67,7 +68,8 @@ class Router:
         self.peers = peers
         self.budget = budget
         self.node_id = node.node_id
-        self._owner_reads: dict[tuple[str, int], Batcher[str, PeerAnswer]] = {}
+        # Forwarded GETs waiting to be batched, each with the id of its request.
+        self._owner_reads: dict[tuple[str, int], Batcher[tuple[str, str], PeerAnswer]] = {}
         self._forward_batch_keys = node.metrics.batch_keys.labels("forward_get")
 
     async def forward(self, method: str, moved: NotOwner, path: str, *, hops: int,
@@ -93,7 +95,7 @@ class Router:
             batcher = Batcher(fetch, max_batch=FORWARD_BATCH)
             self._owner_reads[(moved.owner.addr, hops)] = batcher
         with self._slot(moved.owner):
-            return await batcher.submit(key)
+            return await batcher.submit((key, requestids.current()))
 
     @contextmanager
     def _slot(self, owner: Member) -> Iterator[None]:
@@ -165,6 +167,8 @@ class Router:
                 items[key] = orjson.Fragment(entry.body)
 
         await asyncio.gather(*(local(key) for key in dict.fromkeys(keys)))
+        if remote:  # the id is made before the fan-out, so that every owner is told it
+            requestids.current()
         await asyncio.gather(
             *(self._remote_batch(a, ks, hops, detail, items, held) for a, ks in remote.items())
         )
@@ -202,33 +206,41 @@ class Router:
             items[item["key"]] = item
 
     async def _batch_get_at(self, addr: str, keys: list[str], hops: int, detail: bool,
-                            lease: dict[str, Any] | None = None) -> PeerAnswer:  # fmt: skip
-        """POST /v1/kv:batchGet to the node at ``addr``; its answer, whatever the status."""
+                            lease: dict[str, Any] | None = None,
+                            request_ids: str | None = None) -> PeerAnswer:  # fmt: skip
+        """POST /v1/kv:batchGet to the node at ``addr``; its answer, whatever the status.
+        It names the requests it serves (``request_ids``; default: the running one's)."""
         body: dict[str, Any] = {"keys": keys, "detail": detail}
         if lease is not None:
             body["lease"] = lease
+        headers = {"Content-Type": JSON, requestids.HEADER: request_ids or requestids.current()}
         return await self.peers.forward(
             "POST", addr, "/v1/kv:batchGet", hops=hops,
-            body=orjson.dumps(body), headers={"Content-Type": JSON}, read=True,
+            body=orjson.dumps(body), headers=headers, read=True,
         )  # fmt: skip
 
     async def _fetch_from_owner(
-        self, owner: Member, hops: int, keys: list[str]
+        self, owner: Member, hops: int, requests: list[tuple[str, str]]
     ) -> list[PeerAnswer]:
+        keys = [key for key, _ in requests]
+        ids = [request_id for _, request_id in requests]
         self._forward_batch_keys.observe(len(keys))
         holder = self.holder
         # Leases are asked at the first hop only: the owner grants to the node that asks.
         tickets = holder.asks(keys, owner.node_id) if holder is not None and hops == 0 else {}
         try:
-            return await self._fetch_answers(owner, hops, keys, tickets)
+            return await self._fetch_answers(owner, hops, keys, tickets, ids)
         finally:
             if tickets and holder is not None:
                 holder.finished(tickets)
 
     async def _fetch_answers(self, owner: Member, hops: int, keys: list[str],
-                             tickets: dict[str, Ticket]) -> list[PeerAnswer]:  # fmt: skip
+                             tickets: dict[str, Ticket],
+                             ids: list[str]) -> list[PeerAnswer]:  # fmt: skip
+        """The owner's answer to each of ``keys`` (asked by the requests ``ids``)."""
         lease = self.holder.ask_field(tickets) if tickets and self.holder is not None else None
-        answer = await self._batch_get_at(owner.addr, keys, hops, detail=True, lease=lease)
+        answer = await self._batch_get_at(owner.addr, keys, hops, detail=True, lease=lease,
+                                          request_ids=requestids.joined(ids))  # fmt: skip
         if answer.status != 200:  # the owner refused the whole batch: each request, alike
             return [answer] * len(keys)
         # Parsed and split into one answer per GET: held twice while that happens.
@@ -236,7 +248,8 @@ class Router:
             held.need(2 * len(answer.body))
             try:
                 items = orjson.loads(answer.body)["items"]
-                answers = [answer_of(item, owner.node_id) for item in items]
+                answers = [answer_of(item, owner.node_id, request_id)
+                           for item, request_id in zip(items, ids, strict=False)]  # fmt: skip
                 for item in items:
                     if self.holder is not None and (ticket := tickets.get(item["key"])):
                         self.holder.install(ticket, item)
@@ -248,9 +261,10 @@ class Router:
         return answers
 
 
-def answer_of(item: dict[str, Any], owner_id: str) -> PeerAnswer:
+def answer_of(item: dict[str, Any], owner_id: str, request_id: str) -> PeerAnswer:
     """The answer a GET forwarded alone would have had, from its batchGet ``detail`` item
-    (an item without "node" comes from a node that predates ``detail``: the owner's)."""
+    (an item without "node" comes from a node that predates ``detail``: the owner's), its
+    error body naming the request."""
     headers = {"Content-Type": JSON, NODE_HEADER: item.get("node", owner_id)}
     if "cache" in item:
         headers["X-Cache"] = item["cache"]
@@ -260,7 +274,8 @@ def answer_of(item: dict[str, Any], owner_id: str) -> PeerAnswer:
         status = status_of(item["error"]["code"])
         if status in (429, 503):
             headers["Retry-After"] = "1"
-        return PeerAnswer(status, headers, orjson.dumps({"error": item["error"]}))
+        error = item["error"] | {"request_id": request_id}
+        return PeerAnswer(status, headers, orjson.dumps({"error": error}))
     headers["ETag"] = f'"{item["version"]}"'
     body = {"key": item["key"], "value": item["value"], "version": item["version"]}
     return PeerAnswer(200, headers, orjson.dumps(body))

@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -48,6 +49,7 @@ from cachegrid.store.trust import MARKER, REPAIR_LOCK, Trust, marker_for, verdic
 from cachegrid.version import Version
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # For each key, with four ARGV (epoch, seq, tombstone flag, value) per key: write the record
 # only if it is newer, and return the version stored afterwards, ARGV's when written, the
@@ -339,6 +341,10 @@ class Replica:
 
     def _succeeded(self, latency: float) -> None:
         health = self.health
+        if health.consecutive_failures >= self.failure_threshold:
+            log.info("store replica %s up again after %d failures", self.addr,
+                     health.consecutive_failures,
+                     extra={"event": "replica_up", "replica": self.addr})  # fmt: skip
         health.ok += 1
         health.consecutive_failures = 0
         health.down_until = 0.0
@@ -354,6 +360,10 @@ class Replica:
         health.last_error = error.message
         if health.consecutive_failures >= self.failure_threshold:
             health.down_until = self._clock() + self.cooldown
+        if health.consecutive_failures == self.failure_threshold:
+            log.warning("store replica %s down after %d failures in a row: %s", self.addr,
+                        health.consecutive_failures, error.message,
+                        extra={"event": "replica_down", "replica": self.addr})  # fmt: skip
         return error
 
 

@@ -222,7 +222,9 @@ class Upkeep:
         for target in targets:
             self.progress[target] = Progress("repairing", mode.value, started=self._clock())
             log.warning("store replica %s in doubt: %s from %s", target.addr, mode.value,
-                        ", ".join(source.addr for source in sources))  # fmt: skip
+                        ", ".join(source.addr for source in sources),
+                        extra={"event": "repair_started", "replica": target.addr,
+                               "mode": mode.value})  # fmt: skip
         for replica in list(everyone):
             if replica in everyone:
                 await self._copy_all_keys_of(replica, everyone, targets)
@@ -255,7 +257,10 @@ class Upkeep:
         progress.state, progress.error, progress.finished = state, error, self._clock()
         log.warning("store replica %s: repair %s (%d keys checked, %d copies written)%s",
                     target.addr, state, progress.keys_checked, progress.copies_written,
-                    f": {error}" if error else "")  # fmt: skip
+                    f": {error}" if error else "",
+                    extra={"event": "repair_finished", "replica": target.addr, "state": state,
+                           "keys_checked": progress.keys_checked,
+                           "copies_written": progress.copies_written})  # fmt: skip
 
     async def _copy_all_keys_of(
         self, replica: Replica, everyone: list[Replica], targets: list[Replica]
