@@ -2,9 +2,11 @@
 
 There is no Docker engine on the development machine, so the file cannot be run here; these
 checks catch what would break it: a node configured with an unknown setting or a wrong
-address, an etcd member missing from the initial cluster, a replica without AOF.
+address, an etcd member missing from the initial cluster, a replica without AOF, a mounted
+file that is not in the repository, Prometheus scraping something other than the nodes.
 """
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -13,6 +15,7 @@ import yaml
 
 from cachegrid import config
 from cachegrid.cli import main as cli
+from cachegrid.http.api import OPS_ROUTES
 
 ROOT = Path(__file__).parents[2]
 
@@ -84,3 +87,81 @@ def test_the_image_gets_what_the_package_needs() -> None:
     assert project["readme"] in dockerfile
     assert "COPY src ./src" in dockerfile
     assert 'ENTRYPOINT ["cachegrid"]' in dockerfile
+
+
+# -- monitoring: Prometheus and Grafana (docs/monitoring.md) --------------------------------
+
+
+def mounts(service: dict) -> dict[str, Path]:
+    """A service's bind mounts: the path in the container -> the file or directory here."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        if source.startswith("./"):
+            found[target] = ROOT / source
+    return found
+
+
+def container_port(service: dict) -> str:
+    (mapping,) = service["ports"]
+    return str(mapping).rpartition(":")[2]
+
+
+def test_every_mounted_file_is_in_the_repository() -> None:
+    """A bind mount of a missing path would start the service with an empty directory."""
+    for name, service in services().items():
+        for target, source in mounts(service).items():
+            assert source.exists(), f"{name}: {source} (mounted at {target}) does not exist"
+
+
+def test_prometheus_scrapes_every_node_on_its_listen_port() -> None:
+    """The scrape targets are exactly the node services, each on the port it listens on,
+    at the path the node serves its metrics on."""
+    prometheus = services()["prometheus"]
+    config_file = mounts(prometheus)["/etc/prometheus/prometheus.yml"]
+    jobs = yaml.safe_load(config_file.read_text())["scrape_configs"]
+    targets = [t for job in jobs for group in job["static_configs"] for t in group["targets"]]
+    listening = set()
+    for name, node in of_kind("node").items():
+        environ = {key: interpolated(value) for key, value in node["environment"].items()}
+        listening.add(f"{name}:{config.load(None, environ=environ).node.listen.rpartition(':')[2]}")
+    assert sorted(targets) == sorted(listening)
+    assert {job.get("metrics_path", "/metrics") for job in jobs} == {"/metrics"}
+    assert "/metrics" in OPS_ROUTES
+    assert set(prometheus["depends_on"]) == set(of_kind("node"))
+    assert container_port(prometheus) == "9090"
+
+
+def test_prometheus_loads_the_alert_rules_it_is_given() -> None:
+    """Every rule file the configuration names (relative to its own directory) is mounted
+    from a file here that holds rule groups."""
+    prometheus = services()["prometheus"]
+    mounted = mounts(prometheus)
+    rule_files = yaml.safe_load(mounted["/etc/prometheus/prometheus.yml"].read_text())["rule_files"]
+    assert rule_files
+    for rule_file in rule_files:
+        source = mounted[str(Path("/etc/prometheus") / rule_file)]
+        assert yaml.safe_load(source.read_text())["groups"], source
+
+
+def test_grafana_reads_prometheus_and_provisions_the_dashboard() -> None:
+    """Grafana's data source is the prometheus service on its port; the dashboard provider
+    reads a mounted directory holding the dashboard, which is also the home dashboard; and
+    anonymous visitors may view, not edit."""
+    grafana = services()["grafana"]
+    mounted = mounts(grafana)
+    provisioning = mounted["/etc/grafana/provisioning"]
+    datasources = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == f"http://prometheus:{container_port(services()['prometheus'])}"
+    providers = yaml.safe_load((provisioning / "dashboards/cachegrid.yml").read_text())
+    (provider,) = providers["providers"]
+    dashboards = mounted[provider["options"]["path"]]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert Path(home).parent == Path(provider["options"]["path"])
+    assert json.loads((dashboards / Path(home).name).read_text())["uid"] == "cachegrid"
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert set(grafana["depends_on"]) == {"prometheus"}
+    assert container_port(grafana) == "3000"

@@ -95,7 +95,8 @@ def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics,
     """The handler, with every error turned into its JSON response, measured, and (with
     ``admission``) refused with 429 while the node already works on too many requests; its
     request id set while it runs; with ``access_log``, one log line per answer."""
-    latency = {cache: metrics.requests.labels(route, cache) for cache in ("hit", "miss", "")}
+    latency = {cache: metrics.requests.labels(route, cache)
+               for cache in ("hit", "miss", "replica", "")}  # fmt: skip
     responses: dict[int, Count] = {}
 
     def record(status: int, cache: str, started: float) -> None:
