@@ -1,12 +1,16 @@
 """The owner's in-memory cache: versioned entries, bounded in count and in bytes.
 
-Owns: the entries of the keys this node serves, LRU eviction, and byte accounting.
+Owns: the entries of the keys this node serves, LRU eviction, and byte accounting; and
+``Entry``, the form a cached answer takes in memory.
 
 Invariants:
 - At most ``max_entries`` entries and ``max_bytes`` accounted bytes at any time; an entry
   larger than ``max_bytes`` on its own is not cached at all.
-- An entry is immutable, and carries the exact body and headers a hit returns, encoded
-  once at insertion, so a hit only joins them to the node's per-second prefix.
+- An entry is immutable, and *is* the bytes a hit writes after the node's per-second prefix
+  (status line, Date, per-node headers): its own headers, the blank line and the body,
+  encoded once at insertion. Everything else about it (version, tombstone, body) is read
+  back from those bytes, so an entry costs one bytes object and one slot of one ordered
+  dict (bench/memory.py measures it; ``ENTRY_OVERHEAD`` keeps the byte limit honest).
 - Eviction passes over pinned entries (``pinned``: keys with live read leases, whose
   holders serve them): they stay until written, flushed or unpinned. When only pinned
   entries could make room, the new entry is not cached (the bounds still hold).
@@ -17,34 +21,56 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-
-import cachetools
 
 from cachegrid.version import Version
 
-# Per-entry memory beyond the body and the key's characters: the Entry, its Version and
-# ETag, the key object, and cachetools' bookkeeping (its dicts and LRU order). Measured by
-# bench/memory.py (1M small entries: 618 bytes each in memory); keeps the byte limit honest.
-ENTRY_OVERHEAD = 456
+# Per-entry memory beyond the entry's bytes and the key's characters: the two objects'
+# headers and the entry's dict slot (and its place in the LRU order). Measured by
+# bench/memory.py (100k small entries: resident memory / accounted bytes 0.96-1.0);
+# keeps the byte limit honest.
+ENTRY_OVERHEAD = 170
+
+_ETAG = b'ETag: "'
+_END_OF_HEAD = b"\r\n\r\n"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    version: Version
-    tombstone: bool
-    body: bytes  # the JSON document a GET answers; empty for a tombstone
-    head: bytes  # the entry's own HTTP headers, pre-encoded (http/wire.py); b"" if tombstone
-    size: int  # accounted bytes: body, head, key and ENTRY_OVERHEAD
+class Entry(bytes):
+    """A cached answer, as bytes: ``N\\r\\nETag: "<version>"\\r\\n\\r\\n<body>``, where N is the
+    body's length (the hit prefix of http/wire.py ends with ``Content-Length: ``, so an
+    entry starts with the value); or for a tombstone (deleted, or never written: a 404)
+    just ``ETag: "<version>"\\r\\n``. A bytes subclass with no slots: no memory beyond the
+    bytes themselves."""
+
+    __slots__ = ()
+
+    @property
+    def tombstone(self) -> bool:
+        return self.endswith(b"\r\n")  # a body is a JSON object: it ends with "}"
+
+    @property
+    def version(self) -> Version:
+        epoch, _, seq = self._etag_value().partition(b".")
+        return Version(int(epoch), int(seq))
 
     @property
     def etag(self) -> str:
-        """'"<version>"', derived (not stored: it would cost every entry a string)."""
-        return f'"{self.version}"'
+        return f'"{self._etag_value().decode()}"'
+
+    @property
+    def body(self) -> bytes:
+        """The JSON document a GET answers (empty for a tombstone)."""
+        if self.tombstone:
+            return b""
+        return self[self.index(_END_OF_HEAD) + len(_END_OF_HEAD) :]
+
+    def _etag_value(self) -> bytes:
+        start = self.index(_ETAG) + len(_ETAG)
+        return self[start : self.index(b'"', start)]
 
 
-def _size(entry: Entry) -> int:
-    return entry.size
+def accounted(key: str, entry: Entry) -> int:
+    """The bytes an entry is accounted for: its own, its key's, and the fixed overhead."""
+    return len(entry) + len(key) + ENTRY_OVERHEAD
 
 
 # Pinned entries passed over in one insertion at most, before the new entry gives up.
@@ -56,60 +82,104 @@ def _never(key: str) -> bool:
 
 
 class LocalCache:
+    """Exact LRU over two plain dicts, for memory: an OrderedDict costs ~50 bytes more per
+    entry. ``_young`` holds the entries used (read or written) since the last rotation,
+    least recent first (a hit moves its entry to the end); ``_old`` holds the rest, in the
+    order ``_order`` recorded when it was young. Least recent overall is the first key of
+    ``_order`` still in ``_old``; when ``_old`` runs out, young becomes old. A hit of an
+    old entry moves it to young, so it leaves ``_old`` and the order stays exact."""
+
     def __init__(self, max_entries: int, max_bytes: int,
                  pinned: Callable[[str], bool] = _never) -> None:  # fmt: skip
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.pinned = pinned
         self.evictions = 0
-        self._lru: cachetools.LRUCache[str, Entry] = cachetools.LRUCache(
-            maxsize=max_bytes, getsizeof=_size
-        )
+        self.bytes = 0  # accounted bytes of the entries held
+        # str keys: a dict of str keys only stores no hashes (16 bytes a slot, not 24).
+        self._young: dict[str, Entry] = {}
+        self._old: dict[str, Entry] = {}
+        # _old's keys, least recent first; each slot is cleared once passed, so the keys
+        # evicted meanwhile are not kept alive. (A plain dict's own order cannot serve:
+        # taking its first key scans every hole that earlier removals left.)
+        self._order: list[str | None] = []
+        self._next = 0  # the first slot of _order not yet passed
 
     def __repr__(self) -> str:
         return f"<LocalCache entries={len(self)} bytes={self.bytes}/{self.max_bytes}>"
 
     def __len__(self) -> int:
-        return len(self._lru)
-
-    @property
-    def bytes(self) -> int:
-        return int(self._lru.currsize)
+        return len(self._young) + len(self._old)
 
     def get(self, key: str) -> Entry | None:
-        return self._lru.get(key)
+        young = self._young
+        entry = young.pop(key, None)
+        if entry is None:
+            entry = self._old.pop(key, None)
+            if entry is None:
+                return None
+        young[key] = entry  # now the most recently used
+        return entry
 
     def put(self, key: str, entry: Entry) -> None:
-        self._lru.pop(key, None)
-        if entry.size > self.max_bytes:
+        self.evict(key)
+        size = accounted(key, entry)
+        if size > self.max_bytes:
             return  # too large to cache: reads of it go to the store
         kept: list[tuple[str, Entry]] = []  # pinned entries taken out, put back after
         try:
-            while self._full_for(entry, kept):
-                if not self._lru or len(kept) >= MAX_PINNED_SKIPS:
+            while self._full_for(size, kept):
+                oldest = self._pop_oldest() if len(kept) < MAX_PINNED_SKIPS else None
+                if oldest is None:
                     return  # only pinned entries could make room: do not cache this one
-                oldest, evicted = self._lru.popitem()
-                if self.pinned(oldest):
-                    kept.append((oldest, evicted))
+                if self.pinned(oldest[0]):
+                    kept.append(oldest)
                 else:
                     self.evictions += 1
-            self._lru[key] = entry
+            self._young[key] = entry
+            self.bytes += size
         finally:
             for pinned_key, pinned_entry in kept:  # oldest first: their order is kept
-                self._lru[pinned_key] = pinned_entry
+                self._young[pinned_key] = pinned_entry
+                self.bytes += accounted(pinned_key, pinned_entry)
 
-    def _full_for(self, entry: Entry, kept: list[tuple[str, Entry]]) -> bool:
-        """No room for ``entry`` yet, counting the pinned entries taken out to be put back."""
-        entries = len(self._lru) + len(kept)
-        size = self.bytes + sum(e.size for _, e in kept) + entry.size
-        return entries >= self.max_entries or size > self.max_bytes
+    def _pop_oldest(self) -> tuple[str, Entry] | None:
+        """Take out the least recently used entry (None if there is none)."""
+        order, old = self._order, self._old
+        while True:
+            if self._next == len(order):  # every key of _old passed: young becomes old
+                if not self._young:
+                    return None
+                old = self._old = self._young
+                self._young = {}
+                order = self._order = list(old)
+                self._next = 0
+            key, order[self._next] = order[self._next], None
+            self._next += 1
+            entry = old.pop(key, None) if key is not None else None  # None: left _old
+            if key is not None and entry is not None:
+                self.bytes -= accounted(key, entry)
+                return key, entry
+
+    def _full_for(self, size: int, kept: list[tuple[str, Entry]]) -> bool:
+        """No room for ``size`` more bytes yet, counting the pinned entries taken out to be
+        put back."""
+        entries = len(self) + len(kept)
+        held = self.bytes + sum(accounted(k, e) for k, e in kept) + size
+        return entries >= self.max_entries or held > self.max_bytes
 
     def evict(self, key: str) -> None:
-        self._lru.pop(key, None)
+        entry = self._young.pop(key, None)
+        if entry is None:
+            entry = self._old.pop(key, None)
+        if entry is not None:
+            self.bytes -= accounted(key, entry)
 
     def cached_keys(self) -> list[str]:
-        """A copy of the cached keys (safe to evict while iterating over it)."""
-        return list(self._lru.keys())
+        """A copy of the cached keys, least recently used first (safe to evict while
+        iterating over it)."""
+        return [*self._old, *self._young]
 
     def clear(self) -> None:
-        self._lru.clear()
+        self._young, self._old, self._order, self._next = {}, {}, [], 0
+        self.bytes = 0

@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 from cachegrid.errors import BadRequest, VersionMismatch
 from cachegrid.http.conditions import condition_of, entity_tags
 from cachegrid.localcache import Entry
+from cachegrid.serving.entry import make_entry
+from cachegrid.store import Record
 from cachegrid.version import Version
 
 ETAGC = st.characters(min_codepoint=0x21, max_codepoint=0xFF,
@@ -16,8 +18,8 @@ TAGS = st.lists(st.tuples(st.booleans(), st.text(ETAGC, max_size=12)), min_size=
 
 def entry(version: str | None) -> Entry:
     if version is None:
-        return Entry(Version(0, 0), True, b"", b"", 0)
-    return Entry(Version.parse(version), False, b"{}", b"", 0)
+        return make_entry("k", None)
+    return make_entry("k", Record(Version.parse(version), False, b"{}"))
 
 
 @given(TAGS, st.sampled_from([",", ", ", " ,", " , "]))

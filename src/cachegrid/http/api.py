@@ -195,7 +195,7 @@ class Api:
         cache = "hit" if hit else "miss"
         if encoded and usable(request):
             prefix = (self._hit_prefix if hit else self._miss_prefix).current()
-            return EncodedResponse(b"".join((prefix, entry.head, entry.body)), cache)
+            return EncodedResponse(prefix + entry, cache)  # the entry is headers and body
         return web.Response(
             body=entry.body,
             content_type=JSON,
@@ -213,8 +213,7 @@ class Api:
                 prefix = self._replica_prefixes[copy.owner] = HitPrefix(
                     copy.owner, "replica", self.node_id
                 )
-            return EncodedResponse(b"".join((prefix.current(), entry.head, entry.body)),
-                                   "replica")  # fmt: skip
+            return EncodedResponse(prefix.current() + entry, "replica")
         headers = {"ETag": entry.etag, "X-Cache": "replica", NODE_HEADER: copy.owner,
                    REPLICA_HEADER: self.node_id}  # fmt: skip
         return web.Response(body=entry.body, content_type=JSON, headers=headers)

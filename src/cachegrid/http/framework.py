@@ -106,49 +106,48 @@ def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics,
             counter = responses[status] = metrics.responses.labels(route, str(status))
         counter.inc()
 
-    async def run(request: web.Request) -> Answer:
-        tokens = requestids.begin(request.headers.get(requestids.HEADER))
-        try:
-            started = time.perf_counter() if access_log else 0.0
-            response = await answer(request)
-            if access_log:
-                log_access(request, response, route, time.perf_counter() - started)
-            request_id = requestids.known()
-            if request_id is not None and not isinstance(response, EncodedResponse):
-                response.headers[requestids.HEADER] = request_id
-            return response
-        finally:
-            requestids.end(tokens)
-
-    async def answer(request: web.Request) -> Answer:
-        response: Answer
-        started = time.perf_counter()
-        if admission is not None:
-            if admission.current >= admission.limit:
-                response = error_response(Overloaded("too many requests in flight"), node_id)
-                record(response.status, "", started)
-                return response
-            admission.current += 1
-        try:
-            response = await handler(request)
-        except CachegridError as error:
-            response = error_response(error, node_id)
-        except Exception:
-            log.exception("bug: unexpected error in %s %s", request.method, request.path)
-            response = web.Response(
-                status=500,
-                body=b'{"error":{"code":"internal","message":"internal error"}}',
-                content_type=JSON,
-            )
-        finally:
-            if admission is not None:
-                admission.current -= 1
+    def finish(request: web.Request, response: Answer, started: float) -> Answer:
+        """Measure the answer, log it (access log), and name its request in it."""
         if isinstance(response, EncodedResponse):
             cache = response.cache
         else:
             cache = response.headers.get("X-Cache", "")
         record(response.status, cache if cache in latency else "", started)
+        if access_log:
+            log_access(request, response, route, time.perf_counter() - started)
+        request_id = requestids.known()
+        if request_id is not None and not isinstance(response, EncodedResponse):
+            response.headers[requestids.HEADER] = request_id
         return response
+
+    async def run(request: web.Request) -> Answer:
+        # One coroutine, not a wrapper of another: this runs on every hit.
+        token = requestids.begin(request.headers.get(requestids.HEADER))
+        started = time.perf_counter()
+        try:
+            if admission is not None:
+                if admission.current >= admission.limit:
+                    overloaded = Overloaded("too many requests in flight")
+                    return finish(request, error_response(overloaded, node_id), started)
+                admission.current += 1
+            response: Answer
+            try:
+                response = await handler(request)
+            except CachegridError as error:
+                response = error_response(error, node_id)
+            except Exception:
+                log.exception("bug: unexpected error in %s %s", request.method, request.path)
+                response = web.Response(
+                    status=500,
+                    body=b'{"error":{"code":"internal","message":"internal error"}}',
+                    content_type=JSON,
+                )
+            finally:
+                if admission is not None:
+                    admission.current -= 1
+            return finish(request, response, started)
+        finally:
+            requestids.end(token)
 
     return run
 
@@ -267,10 +266,10 @@ async def not_found(request: web.Request) -> web.StreamResponse:
 
 def unrouted(request: web.Request, status: int, error: CachegridError) -> web.Response:
     """The error answer of a request no route's guard ran for, with its own request id."""
-    tokens = requestids.begin(request.headers.get(requestids.HEADER))
+    token = requestids.begin(request.headers.get(requestids.HEADER))
     try:
         response = web.Response(status=status, body=error_body(error), content_type=JSON)
         response.headers[requestids.HEADER] = requestids.current()
         return response
     finally:
-        requestids.end(tokens)
+        requestids.end(token)

@@ -42,7 +42,8 @@ class HitPrefix:
         extra = f"X-Cachegrid-Replica: {replica}\r\n" if replica else ""
         self._fixed = (
             f"X-Cache: {cache}\r\nX-Cachegrid-Node: {node_id}\r\n{extra}"
-            "Content-Type: application/json\r\n"
+            # The last header's name: every entry starts with its value (localcache.py).
+            "Content-Type: application/json\r\nContent-Length: "
         ).encode()
         self._second = -1
         self._bytes = b""
@@ -62,7 +63,7 @@ def usable(request: web.BaseRequest) -> bool:
     echoes)."""
     return (
         request.version == HttpVersion11 and request.keep_alive and request.method == "GET"
-        and requestids.HEADER not in request.headers
+        and requestids.known() is None  # (a hit makes none: only a sent one is known)
     )  # fmt: skip
 
 
