@@ -90,10 +90,11 @@ class Result:
 
 def wrk(base: str, paths: list[str], seconds: float, connections: int,
         methods: tuple[str, ...] = ("GET",), body: str = "", not_found_ok: bool = False,
-        pause_ms: int = 0) -> Result:  # fmt: skip
+        pause_ms: int = 0, pinned_to: str = "") -> Result:  # fmt: skip
     """Load ``base`` with wrk: ``paths`` in turn, ``methods`` in turn (a mix). Answers of
     4xx/5xx count as errors, except 404s when ``not_found_ok``. With ``pause_ms``, each
-    connection waits that long after an answer before its next request (a set rate)."""
+    connection waits that long after an answer before its next request (a set rate); with
+    ``pinned_to``, wrk runs on that core only."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(LUA % {
             "paths": ",".join(json.dumps(p) for p in paths),
@@ -102,7 +103,8 @@ def wrk(base: str, paths: list[str], seconds: float, connections: int,
             "pause": f"delay = function() return {pause_ms} end" if pause_ms else "",
         })  # fmt: skip
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", script.name, base],
+        [*(["taskset", "-c", pinned_to] if pinned_to else []),
+         "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", script.name, base],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     data = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
