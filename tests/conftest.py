@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from cachegrid.devcluster.cluster import LocalCluster
+from cachegrid.devcluster.secure import Secrets
 from cachegrid.devcluster.servers import PortAllocator, start_all
 from cachegrid.store import QuorumStore, Replica
 from tests.integration.netns import Netns
@@ -119,6 +120,7 @@ def start_cluster(
     via: Callable[[int, str, str], str] | None = None,
     etcd_args: tuple[str, ...] = (),
     netns: Netns | None = None,
+    secure: bool = False,
 ) -> Cluster:
     """Start a whole cluster; the caller stops it (``Cluster.stop``).
 
@@ -135,7 +137,8 @@ def start_cluster(
              for i in range(replicas)]  # fmt: skip
     base.mkdir(parents=True, exist_ok=True)
     config = base / "cachegrid.toml"
-    cluster = Cluster(base, etcd, redis, [], config=config, netns=netns)
+    made = Secrets.create(base / "tls") if secure else None  # HTTPS and tokens
+    cluster = Cluster(base, etcd, redis, [], config=config, netns=netns, secure=made)
     if netns is not None:
         try:
             netns.create()
@@ -163,7 +166,8 @@ def start_cluster(
 
     def node(i: int) -> FaultyNode:
         if netns is None:
-            return FaultyNode(base / f"node{i}", f"node{i}", ports.take(), configs[i])
+            return FaultyNode(base / f"node{i}", f"node{i}", ports.take(), configs[i],
+                              ca=made.ca if made else None)  # fmt: skip
         # The others listen where node 0 can forward to them: the host side of its link.
         host, wrapper = (netns.inner, netns.wrapper) if i == 0 else (netns.outer, ())
         return FaultyNode(base / f"node{i}", f"node{i}", ports.take(), configs[i],

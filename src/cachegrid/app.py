@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
 
+from cachegrid import auth
 from cachegrid.budget import ByteBudget
 from cachegrid.config import Config
 from cachegrid.coord.commands import Admin, Executor
@@ -25,6 +27,7 @@ from cachegrid.coord.etcd import Etcd
 from cachegrid.coord.invalidation import Publisher
 from cachegrid.errors import Unavailable
 from cachegrid.hotkeys import KeyTraffic, TopKeys
+from cachegrid.http import tls
 from cachegrid.http.admin import AdminApi
 from cachegrid.http.api import ENVELOPE_BYTES, Api, Limits
 from cachegrid.http.framework import add_not_found
@@ -47,7 +50,15 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     settings = config.node
     etcd = Etcd(list(config.etcd.endpoints))
     store = open_store(config.store)
-    forwarder = Forwarder(timeout=settings.forward_timeout)
+    security = config.security
+    tokens = auth.load(security.read_tokens, security.write_tokens,
+                       (settings.admin_token, *security.admin_tokens), security.peer_token,
+                       security.tokens_file)  # fmt: skip
+    peer_tls = (
+        tls.client_context(security.ca, security.cert, security.key) if security.tls else None
+    )
+    forwarder = Forwarder(timeout=settings.forward_timeout, tls=peer_tls,
+                          peer_token=tokens.peer_token)  # fmt: skip
     metrics = Metrics()
     coordinator = Coordinator(etcd, coord_settings(config))
     leases = lease_settings(config)
@@ -76,7 +87,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
     traffic = KeyTraffic(reads=TopKeys(), writes=TopKeys())
     admin_api = AdminApi(node, coordinator, Admin(etcd, config.etcd.prefix), store, forwarder,
-                         settings.admin_token, read_leases, traffic)  # fmt: skip
+                         tokens, tokens.peer_token or tokens.admin_token, read_leases,
+                         traffic)  # fmt: skip
     app = web.Application(client_max_size=config.store.max_value_bytes + ENVELOPE_BYTES)
     router = Router(node, forwarder, ByteBudget(settings.max_bytes_in_flight), holder,
                     settings.max_forwards_per_owner)  # fmt: skip
@@ -86,7 +98,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         max_batch_bytes=settings.max_batch_bytes, write_timeout=settings.write_timeout,
         access_log=settings.access_log,
     )  # fmt: skip
-    Api(node, coordinator, router, limits, traffic).add_routes(app)
+    Api(node, coordinator, router, limits, traffic, tokens).add_routes(app)
     admin_api.add_routes(app)
     add_not_found(app)
     add_gauges(metrics, coordinator, node, store, router.budget, holder)
@@ -106,7 +118,10 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     try:
         # Starting can wait long (for the replicas, for our node id to be free): a stop
         # meanwhile ends it, rather than after the wait.
-        if not await unless_stopped(_start(store, listener, host, int(port), coordinator), stop):
+        server_tls = (tls.server_context(security.cert, security.key, security.client_ca)
+                      if security.tls else None)  # fmt: skip
+        started = _start(store, listener, host, int(port), server_tls, coordinator)
+        if not await unless_stopped(started, stop):
             return
         node.detector.start()
         log.info("node %s serving on %s", settings.node_id, settings.listen,
@@ -159,10 +174,10 @@ async def _shutdown(coordinator: Coordinator, node: Node, listener: Listener, ru
 
 
 async def _start(store: QuorumStore, listener: Listener, host: str, port: int,
-                 coordinator: Coordinator) -> None:  # fmt: skip
+                 server_tls: ssl.SSLContext | None, coordinator: Coordinator) -> None:  # fmt: skip
     # Judge the replicas (and reconcile a fresh store) before serving any read.
     await store.start()
-    await listener.start(host, port)
+    await listener.start(host, port, server_tls)
     await coordinator.start()
 
 

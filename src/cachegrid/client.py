@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -58,10 +59,17 @@ class _Retry(Exception):
 
 
 class Client:
-    def __init__(self, urls: list[str], *, timeout: float = 5.0, attempts: int = 4) -> None:
+    def __init__(self, urls: list[str], *, timeout: float = 5.0, attempts: int = 4,
+                 token: str | None = None, ca: str | None = None) -> None:  # fmt: skip
+        """``token``: a bearer token (secure mode: scope read, or write to write); ``ca``:
+        the CA certificate to check https nodes with (default: the system's CAs)."""
         if not urls:
             raise ValueError("a client needs at least one node URL")
         self.urls = [url.rstrip("/") for url in urls]
+        # Owners are reached as the nodes given are: https if they are.
+        self.scheme = "https" if self.urls[0].startswith("https://") else "http"
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._ca = ca
         self.timeout = timeout
         self.attempts = attempts
         self.ring: Ring | None = None
@@ -110,7 +118,7 @@ class Client:
             groups.setdefault(ring.owner_member(key).addr, []).append(key)
         results: dict[str, Item | None] = {}
         for items in await asyncio.gather(
-            *(self._batch(f"http://{a}", g) for a, g in groups.items())
+            *(self._batch(f"{self.scheme}://{a}", g) for a, g in groups.items())
         ):
             results.update(items)
         return results
@@ -158,7 +166,7 @@ class Client:
         self, method: str, key: str, writing: bool, headers: dict[str, str], data: bytes | None
     ) -> dict[str, Any]:
         ring = await self._ring()
-        url = f"http://{ring.owner_member(key).addr}/v1/kv/{quote(key, safe='')}"
+        url = f"{self.scheme}://{ring.owner_member(key).addr}/v1/kv/{quote(key, safe='')}"
         try:
             async with self._http().request(method, url, headers=headers, data=data) as response:
                 body = await response.read()
@@ -210,7 +218,11 @@ class Client:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = httpclient.session(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            tls = ssl.create_default_context(cafile=self._ca) if self._ca else True
+            self._session = httpclient.session(
+                timeout=aiohttp.ClientTimeout(total=self.timeout), headers=self._headers,
+                connector=aiohttp.TCPConnector(ssl=tls),
+            )  # fmt: skip
         return self._session
 
 

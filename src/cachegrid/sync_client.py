@@ -26,8 +26,9 @@ T = TypeVar("T")
 
 
 class SyncClient:
-    def __init__(self, urls: list[str], *, timeout: float = 5.0, attempts: int = 4) -> None:
-        self._client = Client(urls, timeout=timeout, attempts=attempts)
+    def __init__(self, urls: list[str], *, timeout: float = 5.0, attempts: int = 4,
+                 token: str | None = None, ca: str | None = None) -> None:  # fmt: skip
+        self._client = Client(urls, timeout=timeout, attempts=attempts, token=token, ca=ca)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cachegrid-client",
                                         daemon=True)  # fmt: skip

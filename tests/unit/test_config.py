@@ -41,7 +41,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
             "store.appendfsync: must be 'everysec' or 'always'",
             "store.max_in_flight: must be an integer, not 1.5",
             "store.colour: unknown setting",
-            "etc: unknown section (known: etcd, store, node)",
+            "etc: unknown section (known: etcd, store, node, security)",
             "etcd.prefix: must start with '/' and not end with '/'",
         ]
     )

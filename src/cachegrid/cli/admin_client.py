@@ -1,6 +1,6 @@
 """What ``cachegrid admin`` does: call a node's /admin API and render the answer.
 
-Owns: finding the node and token (flags, or ``cluster.json`` from ``cachegrid up``), the
+Owns: finding the node, token and CA (flags, or ``cluster.json`` from ``cachegrid up``), the
 HTTP calls, and the plain-text tables. Uses only the public admin API.
 """
 
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,21 @@ class AdminError(CachegridError):
     code = "admin_error"
 
 
-def target(url: str | None, token: str | None, cluster_json: Path) -> tuple[str, str]:
-    """The node URL and token to use: the flags, else the first node of cluster.json."""
+@dataclass(frozen=True)
+class Target:
+    url: str
+    token: str
+    ca: str | None  # the CA to check an https node against (None: the system's)
+
+
+def target(url: str | None, token: str | None, cluster_json: Path,
+           ca: str | None = None) -> Target:  # fmt: skip
+    """The node URL, token and CA to use: the flags, else from cluster.json (the first
+    node, the admin token, and the CA of a secure cluster)."""
     if url and "://" not in url:
         url = f"http://{url}"  # host:port is enough
     if url and token:
-        return url.rstrip("/"), token
+        return Target(url.rstrip("/"), token, ca)
     try:
         manifest = json.loads(cluster_json.read_text())
     except (OSError, ValueError) as error:
@@ -35,18 +46,20 @@ def target(url: str | None, token: str | None, cluster_json: Path) -> tuple[str,
     nodes = manifest.get("nodes") or []
     if not nodes and not url:
         raise AdminError(f"{cluster_json} lists no node: give --url")
-    return (url or nodes[0]["url"]).rstrip("/"), token or manifest["admin_token"]
+    return Target((url or nodes[0]["url"]).rstrip("/"), token or manifest["admin_token"],
+                  ca or manifest.get("ca"))  # fmt: skip
 
 
-def call(url: str, token: str, method: str, path: str, body: Any = None) -> Any:
+def call(to: Target, method: str, path: str, body: Any = None) -> Any:
     """One admin request; its JSON answer. AdminError with the server's message if not 200."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{url}{path}", data=data, method=method)
-    request.add_header("Authorization", f"Bearer {token}")
+    request = urllib.request.Request(f"{to.url}{path}", data=data, method=method)
+    request.add_header("Authorization", f"Bearer {to.token}")
     if data is not None:
         request.add_header("Content-Type", "application/json")
+    context = ssl.create_default_context(cafile=to.ca) if to.ca else None
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
+        with urllib.request.urlopen(request, timeout=120, context=context) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         detail = error.read().decode(errors="replace")
@@ -54,7 +67,7 @@ def call(url: str, token: str, method: str, path: str, body: Any = None) -> Any:
             detail = json.loads(detail)["error"]["message"]
         raise AdminError(f"HTTP {error.code}: {detail}") from error
     except OSError as error:
-        raise AdminError(f"cannot reach {url}: {error}") from error
+        raise AdminError(f"cannot reach {to.url}: {error}") from error
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:

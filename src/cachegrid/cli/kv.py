@@ -57,11 +57,15 @@ EXIT: dict[type[errors.CachegridError], type[KvError]] = {
 @click.option("--cluster", "cluster_json", default=".cluster/cluster.json", show_default=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="cluster.json of cachegrid up.")  # fmt: skip
+@click.option("--token", help="Bearer token (default: the write token of a secure --cluster).")
+@click.option("--ca", help="CA certificate for https nodes (default: from --cluster).")
 @json_flag
 @click.pass_context
-def kv(ctx: click.Context, urls: tuple[str, ...], cluster_json: Path, as_json: bool) -> None:
+def kv(ctx: click.Context, urls: tuple[str, ...], cluster_json: Path, token: str | None,
+       ca: str | None, as_json: bool) -> None:  # fmt: skip
     """Read and write keys."""
-    ctx.obj = {"urls": urls, "cluster": cluster_json, "json": bool(as_json)}
+    ctx.obj = {"urls": urls, "cluster": cluster_json, "token": token, "ca": ca,
+               "json": bool(as_json)}  # fmt: skip
 
 
 @kv.command()
@@ -131,7 +135,8 @@ def batch_get(ctx: click.Context, keys: tuple[str, ...], write_out: str,
 
 
 def _call(ctx: click.Context, call: Callable[[SyncClient], Any]) -> Any:
-    with SyncClient(_urls(ctx)) as client:
+    urls, token, ca = _connection(ctx)
+    with SyncClient(urls, token=token, ca=ca) as client:
         try:
             return call(client)
         except errors.CachegridError as error:
@@ -139,15 +144,20 @@ def _call(ctx: click.Context, call: Callable[[SyncClient], Any]) -> Any:
             raise kind(error.message) from error
 
 
-def _urls(ctx: click.Context) -> list[str]:
+def _connection(ctx: click.Context) -> tuple[list[str], str | None, str | None]:
+    """The node URLs, token and CA: with --url, the flags; else cluster.json's (its
+    nodes, and the write token and the CA of a secure cluster), the flags first."""
     urls = [url if "://" in url else f"http://{url}" for url in ctx.obj["urls"]]
+    token, ca = ctx.obj["token"], ctx.obj["ca"]
     if urls:
-        return urls
+        return urls, token, ca
     path: Path = ctx.obj["cluster"]
     try:
-        return [node["url"] for node in json.loads(path.read_text())["nodes"]]
+        manifest = json.loads(path.read_text())
+        urls = [node["url"] for node in manifest["nodes"]]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise NoAnswer(f"give --url, or a readable {path} (cachegrid up): {error}") from error
+    return urls, token or manifest.get("tokens", {}).get("write"), ca or manifest.get("ca")
 
 
 def _print(ctx: click.Context, as_json: bool | None, document: dict[str, Any], text: str) -> None:

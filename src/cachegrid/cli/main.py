@@ -123,7 +123,14 @@ async def _serve_until_signalled(settings: config.Config) -> None:
     type=click.Choice(["everysec", "always"]),
     help="The replicas' AOF fsync policy.",
 )
-def up(nodes: int, replicas: int, data_dir: Path, base_port: int, appendfsync: str) -> None:
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Nodes serve HTTPS and ask for tokens: a CA, certificates and tokens are made "
+    "under DATA_DIR/tls, and cluster.json names the CA and the tokens.",
+)
+def up(nodes: int, replicas: int, data_dir: Path, base_port: int, appendfsync: str,
+       secure: bool) -> None:  # fmt: skip
     """Start a local cluster on 127.0.0.1 and keep it up until Ctrl-C."""
     try:
         local = cluster.LocalCluster.plan(
@@ -132,6 +139,7 @@ def up(nodes: int, replicas: int, data_dir: Path, base_port: int, appendfsync: s
             replicas=replicas,
             base_port=base_port,
             appendfsync=appendfsync,
+            secure=secure,
         )
     except ValueError as error:
         raise click.ClickException(str(error)) from error
@@ -147,6 +155,7 @@ main.add_command(kv)
 @main.group()
 @click.option("--url", help="A node's URL (default: the first node of --cluster).")
 @click.option("--token", help="The admin token (default: from --cluster).")
+@click.option("--ca", help="CA certificate to check an https node with (default: from --cluster).")
 @click.option(
     "--cluster",
     "cluster_json",
@@ -158,19 +167,21 @@ main.add_command(kv)
 @json_flag
 @click.pass_context
 def admin(
-    ctx: click.Context, url: str | None, token: str | None, cluster_json: Path,
+    ctx: click.Context, url: str | None, token: str | None, ca: str | None, cluster_json: Path,
     as_json: bool | None,
 ) -> None:  # fmt: skip
     """Operate a cluster through a node's admin API."""
-    ctx.obj = {"url": url, "token": token, "cluster": cluster_json, "json": bool(as_json)}
+    ctx.obj = {"url": url, "token": token, "ca": ca, "cluster": cluster_json,
+               "json": bool(as_json)}  # fmt: skip
 
 
 def _admin(ctx: click.Context, method: str, path: str, body: object,
            render: Callable[[dict[str, Any]], str], as_json: bool | None) -> None:  # fmt: skip
     options = ctx.obj
     try:
-        url, token = admin_client.target(options["url"], options["token"], options["cluster"])
-        answer = admin_client.call(url, token, method, path, body)
+        to = admin_client.target(options["url"], options["token"], options["cluster"],
+                                 options["ca"])  # fmt: skip
+        answer = admin_client.call(to, method, path, body)
     except admin_client.AdminError as error:
         raise click.ClickException(error.message) from error
     click.echo(json.dumps(answer, indent=2) if wants_json(ctx, as_json) else render(answer))

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from cachegrid.devcluster.secure import Secrets
 from cachegrid.devcluster.servers import (
     EtcdServer,
     NodeProcess,
@@ -41,13 +42,17 @@ class LocalCluster:
     redis: list[RedisServer]
     nodes: list[NodeProcess]
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    secure: Secrets | None = None  # HTTPS and tokens (cachegrid up --secure)
 
     @classmethod
     def plan(
-        cls, data_dir: Path, *, nodes: int, replicas: int, base_port: int, appendfsync: str
-    ) -> LocalCluster:
-        """The cluster's processes on ports from ``base_port`` up; ValueError if one is taken."""
+        cls, data_dir: Path, *, nodes: int, replicas: int, base_port: int, appendfsync: str,
+        secure: bool = False,
+    ) -> LocalCluster:  # fmt: skip
+        """The cluster's processes on ports from ``base_port`` up; ValueError if one is taken.
+        With ``secure``, a CA, certificates and tokens are made under ``<data_dir>/tls``."""
         data_dir = data_dir.resolve()
+        made = Secrets.create(data_dir / "tls") if secure else None
         etcd = EtcdServer(
             data_dir / "etcd",
             "etcd0",
@@ -60,7 +65,13 @@ class LocalCluster:
         ]
         config = data_dir / "cachegrid.toml"
         node_processes = [
-            NodeProcess(data_dir / f"node{i}", f"node{i}", base_port + NODE_OFFSET + i, config)
+            NodeProcess(
+                data_dir / f"node{i}",
+                f"node{i}",
+                base_port + NODE_OFFSET + i,
+                config,
+                ca=made.ca if made else None,
+            )
             for i in range(nodes)
         ]
         ports = [etcd.client_port, etcd.peer_port, *(r.port for r in redis),
@@ -68,7 +79,7 @@ class LocalCluster:
         taken = [p for p in ports if not bindable(p)]
         if taken:
             raise ValueError(f"ports already in use: {taken}; choose another --base-port")
-        return cls(data_dir, [etcd], redis, node_processes)
+        return cls(data_dir, [etcd], redis, node_processes, secure=made)
 
     @property
     def processes(self) -> list[ServerProcess]:
@@ -107,6 +118,7 @@ class LocalCluster:
             "redis": [{"addr": r.endpoint, "pid": r.pid} for r in self.redis],
             "etcd": [{"url": e.url, "pid": e.pid} for e in self.etcd],
             "admin_token": self.admin_token,
+            **({"ca": str(self.secure.ca), "tokens": self.secure.tokens} if self.secure else {}),
         }
 
     def config_toml(self, *, store: str = "", node: str = "") -> str:
@@ -120,6 +132,7 @@ class LocalCluster:
             f"[etcd]\nendpoints = [{etcd}]\n\n"
             f'[store]\nreplicas = [{redis}]\nappendfsync = "{appendfsync}"\n{store}\n'
             f'[node]\nadmin_token = "{self.admin_token}"\n{node}'
+            + (f"\n{self.secure.config_toml()}" if self.secure else "")
         )
 
     def table(self) -> str:

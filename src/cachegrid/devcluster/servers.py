@@ -21,6 +21,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -268,7 +269,7 @@ class NodeProcess(ServerProcess):
 
     def __init__(
         self, data_dir: Path, node_id: str, port: int, config: Path, *,
-        host: str = "127.0.0.1", wrapper: tuple[str, ...] = (),
+        host: str = "127.0.0.1", wrapper: tuple[str, ...] = (), ca: Path | None = None,
     ) -> None:  # fmt: skip
         super().__init__(data_dir)
         self.node_id = node_id
@@ -276,6 +277,7 @@ class NodeProcess(ServerProcess):
         self.config = config
         self.host = host
         self.wrapper = wrapper  # a command the node runs under (e.g. ip netns exec NS)
+        self.ca = ca  # with a CA the node serves HTTPS (cachegrid up --secure)
 
     @property
     def endpoint(self) -> str:
@@ -283,7 +285,7 @@ class NodeProcess(ServerProcess):
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.ca else 'http'}://{self.endpoint}"
 
     def argv(self) -> list[str]:
         return [*self.wrapper, sys.executable, "-m", "cachegrid", "node",
@@ -292,7 +294,9 @@ class NodeProcess(ServerProcess):
 
     def is_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=0.5) as response:
+            context = ssl.create_default_context(cafile=str(self.ca)) if self.ca else None
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=0.5,
+                                        context=context) as response:  # fmt: skip
                 return bool(response.status == 200)
         except OSError:
             return False

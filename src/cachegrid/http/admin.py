@@ -14,8 +14,9 @@ Routes (JSON bodies):
     GET  /admin/hotkeys[?limit=10][&scope=cluster]   keys read and written most
 
 Invariants:
-- The token is compared in constant time; with no token configured, every admin route
-  answers 403, so an admin API is never open by accident.
+- Tokens of scope admin (node.admin_token, security.admin_tokens) or peer are accepted,
+  compared by digest (auth.py); with no admin token configured, every admin route answers
+  403, so an admin API is never open by accident.
 - flush, rebalance and drain answer only once every live node has applied them (or lost its
   lease, or ``wait`` seconds passed), with a result per node.
 """
@@ -23,7 +24,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -32,7 +32,8 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from cachegrid.errors import BadRequest, CachegridError, Forbidden, Unauthorized
+from cachegrid.auth import Scope, Tokens
+from cachegrid.errors import BadRequest, CachegridError, Forbidden
 from cachegrid.hotkeys import KeyTraffic
 from cachegrid.http.framework import (
     Answer,
@@ -111,7 +112,8 @@ class AdminApi:
         admin: Commands,
         store: StoreAdmin,
         peers: Peers,
-        token: str,
+        tokens: Tokens,
+        own_token: str,
         read_leases: Callable[[], dict[str, int]],
         traffic: KeyTraffic,
     ) -> None:
@@ -123,7 +125,8 @@ class AdminApi:
         self.admin = admin
         self.store = store
         self.peers = peers
-        self._token = token.encode()
+        self.tokens = tokens  # the admin API takes tokens of scope admin (or peer)
+        self._own_token = own_token  # what this node shows other nodes' admin APIs
 
     def add_routes(self, app: web.Application) -> None:
         add_table(app, bind(self, ADMIN_ROUTES, self._auth), self.node_id, self.node.metrics)
@@ -269,7 +272,7 @@ class AdminApi:
         try:
             answer = await self.peers.forward(
                 "GET", addr, path, hops=0,
-                headers={"Authorization": f"Bearer {self._token.decode()}"},
+                headers={"Authorization": f"Bearer {self._own_token}"},
             )  # fmt: skip
         except CachegridError as error:
             return {"error": error.message}
@@ -280,12 +283,9 @@ class AdminApi:
 
     def _auth(self, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> Answer:
-            if not self._token:
+            if not self._own_token:
                 raise Forbidden("the admin API is disabled: set node.admin_token")
-            supplied = request.headers.get("Authorization", "")
-            scheme, _, token = supplied.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self._token):
-                raise Unauthorized("a valid 'Authorization: Bearer <token>' is required")
+            self.tokens.check(request.headers.get("Authorization"), Scope.ADMIN)
             if request.method == "GET":
                 return await handler(request)
             try:

@@ -27,6 +27,7 @@ from urllib.parse import unquote_to_bytes
 import orjson
 from aiohttp import web
 
+from cachegrid.auth import Scope, Tokens
 from cachegrid.errors import (
     BadRequest,
     CachegridError,
@@ -43,6 +44,7 @@ from cachegrid.http.framework import (
     Answer,
     Routes,
     add_table,
+    authorized,
     bind,
     error_response,
     hops,
@@ -88,6 +90,10 @@ ENVELOPE_BYTES = 64 * 1024
 NOT_MODIFIED_HEADERS = ("ETag", "X-Cache", NODE_HEADER, REPLICA_HEADER, EPOCH_HEADER)
 # Request headers forwarded to the owner with the request.
 FORWARDED = ("Content-Type", "If-Match", "If-None-Match")
+# The scope a token needs for each method of the data API (auth.py); batchGet is a POST
+# that reads.
+DATA_SCOPES = {"GET": Scope.READ, "HEAD": Scope.READ, "POST": Scope.READ,
+               "PUT": Scope.WRITE, "DELETE": Scope.WRITE}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -116,8 +122,9 @@ class Readiness(Protocol):
 
 class Api:
     def __init__(self, node: Node, coordinator: Readiness, router: Router,
-                 limits: Limits, traffic: KeyTraffic) -> None:  # fmt: skip
+                 limits: Limits, traffic: KeyTraffic, tokens: Tokens) -> None:  # fmt: skip
         self.node = node
+        self.tokens = tokens  # who may read, write, or speak as a peer (auth.py)
         self.traffic = traffic  # the keys clients read and write most here
         self.admission = Admission(limits.max_in_flight)
         self.coordinator = coordinator
@@ -132,13 +139,21 @@ class Api:
     def add_routes(self, app: web.Application) -> None:
         """Every route, each with a JSON 405 for other methods; a JSON 404 for the rest."""
         logged = self.limits.access_log  # the data routes only: not probes and scrapes
-        add_table(app, bind(self, PUBLIC_ROUTES), self.node_id, self.node.metrics,
-                  self.admission, logged)  # fmt: skip
+        public = bind(self, PUBLIC_ROUTES)
+        if not self.tokens.data_open:
+            public = [(path, {method: authorized(handler, self.tokens, DATA_SCOPES[method])
+                              for method, handler in methods.items()})
+                      for path, methods in public]  # fmt: skip
+        add_table(app, public, self.node_id, self.node.metrics, self.admission, logged)
         add_table(app, bind(self, OPS_ROUTES), self.node_id, self.node.metrics)
         # Not admitted: refusing an acknowledgement under load would make writes wait
-        # out whole leases, which adds load.
-        add_table(app, bind(self, PEER_ROUTES), self.node_id, self.node.metrics,
-                  access_log=logged)  # fmt: skip
+        # out whole leases, which adds load. Peers only, when nodes have a peer token.
+        peer = bind(self, PEER_ROUTES)
+        if self.tokens.peer_required:
+            peer = [(path, {method: authorized(handler, self.tokens, Scope.PEER)
+                            for method, handler in methods.items()})
+                    for path, methods in peer]  # fmt: skip
+        add_table(app, peer, self.node_id, self.node.metrics, access_log=logged)
 
     async def metrics_page(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self.node.metrics.render(),
@@ -271,7 +286,8 @@ class Api:
         detail = document.get("detail", False)
         if not isinstance(detail, bool):
             raise BadRequest('"detail" must be true or false')
-        ask = lease_ask(document.get("lease"), hops(request), detail)
+        from_peer = not self.tokens.peer_required or request.get("scope") is Scope.PEER
+        ask = lease_ask(document.get("lease"), hops(request), detail, from_peer)
         if len(keys) > self.limits.max_batch:
             raise TooLarge(f"{len(keys)} keys in one batch, the limit is {self.limits.max_batch}")
         for index, key in enumerate(keys):
@@ -368,13 +384,15 @@ def key_of(request: web.Request) -> str:
         raise BadRequest("the key's percent-encoding is not valid UTF-8") from error
 
 
-def lease_ask(field: object, hops: int, detail: bool) -> tuple[Holder, set[str]] | None:
+def lease_ask(field: object, hops: int, detail: bool,
+              from_peer: bool) -> tuple[Holder, set[str]] | None:  # fmt: skip
     """A batchGet's ``lease`` member: (holder, keys) it asks leases of; None if absent.
     Only a peer one hop away may ask (a node forwarding a batch on drops it), with
-    ``detail`` (the grant travels in the item's detail)."""
+    ``detail`` (the grant travels in the item's detail); with a peer token configured,
+    only a request that carried it (``from_peer``)."""
     if field is None:
         return None
-    if hops != 1 or not detail:
+    if hops != 1 or not detail or not from_peer:
         raise BadRequest('"lease" is for peers: one hop away, with "detail": true')
     if not isinstance(field, dict):
         raise BadRequest('"lease" must be {"holder", "inc", "keys"}')

@@ -31,6 +31,7 @@ import orjson
 from aiohttp import web
 
 from cachegrid import requestids
+from cachegrid.auth import Scope, Tokens
 from cachegrid.errors import (
     BadRequest,
     CachegridError,
@@ -150,6 +151,17 @@ def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics,
             requestids.end(token)
 
     return run
+
+
+def authorized(handler: Handler, tokens: Tokens, needed: Scope) -> Handler:
+    """The handler, run only for a request whose bearer token allows ``needed`` (401 or
+    403 otherwise); the token's scope is left in ``request["scope"]``."""
+
+    async def checked(request: web.Request) -> Answer:
+        request["scope"] = tokens.check(request.headers.get("Authorization"), needed)
+        return await handler(request)
+
+    return checked
 
 
 def log_access(request: web.Request, response: Answer, route: str, seconds: float) -> None:

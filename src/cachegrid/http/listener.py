@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import resource
+import ssl
 from typing import cast
 
 import orjson
@@ -171,7 +172,7 @@ class Listener:
         server = self._server_protocols
         return self._handler(server, loop=server._loop, **server._kwargs)
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         soft, hard = raise_descriptor_limit(self.max_connections)
         if soft - RESERVED_DESCRIPTORS < self.max_connections:
             log.warning("the open-files limit (%d, hard %d) is below node.max_connections "
@@ -180,7 +181,7 @@ class Listener:
                         RESERVED_DESCRIPTORS)  # fmt: skip
         loop = asyncio.get_running_loop()
         self._socket_server = await loop.create_server(self._protocol, host, port,
-                                                       reuse_address=True)  # fmt: skip
+                                                       reuse_address=True, ssl=tls)  # fmt: skip
         self._watch.start()
 
     async def close(self) -> None:

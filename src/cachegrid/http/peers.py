@@ -6,12 +6,16 @@ transport failures into cachegrid errors. Knows nothing of caches or ownership.
 Invariants:
 - A request is forwarded at most ``MAX_HOPS`` times; the hop count travels in
   ``X-Cachegrid-Hops``, so a ring disagreement can never loop.
+- In secure mode every request to a peer is HTTPS, checked against the CA, and carries
+  the peer token.
 - A forwarded write that fails after it may have been sent is ``Indeterminate`` (504); one
   that could not connect is ``Unavailable`` (503). A read (GET, HEAD, or a POST the caller
   says reads, as batchGet does) is ``Unavailable`` either way.
 """
 
 from __future__ import annotations
+
+import ssl
 
 import aiohttp
 
@@ -34,14 +38,23 @@ PASSED_BACK = (
 
 
 class Forwarder:
-    def __init__(self, *, timeout: float, max_connections: int = 256) -> None:
+    def __init__(self, *, timeout: float, max_connections: int = 256,
+                 tls: ssl.SSLContext | None = None, peer_token: str = "") -> None:  # fmt: skip
         self.timeout = timeout
         self.max_connections = max_connections
+        self.tls = tls  # HTTPS to the other nodes, checked against the CA (http/tls.py)
+        self.scheme = "https" if tls is not None else "http"
+        # Every request to a peer carries the peer token (auth.py) in place of the
+        # client's: the client's own was checked here, before forwarding.
+        self._authorization = f"Bearer {peer_token}" if peer_token else ""
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            limit=self.max_connections, keepalive_timeout=30, enable_cleanup_closed=True
+            limit=self.max_connections,
+            keepalive_timeout=30,
+            enable_cleanup_closed=True,
+            ssl=self.tls if self.tls is not None else True,
         )
         self._session = httpclient.session(
             connector=connector,
@@ -73,10 +86,12 @@ class Forwarder:
         sent_headers[HOPS_HEADER] = str(hops + 1)
         # The owner logs and answers under the id of the request it serves.
         sent_headers.setdefault(requestids.HEADER, requestids.current())
+        if self._authorization:
+            sent_headers.setdefault("Authorization", self._authorization)
         writing = not read and method not in ("GET", "HEAD")
         try:
             async with self._session.request(
-                method, f"http://{addr}{path}", data=body or None, headers=sent_headers
+                method, f"{self.scheme}://{addr}{path}", data=body or None, headers=sent_headers
             ) as response:
                 payload = await response.read()
                 passed = {h: response.headers[h] for h in PASSED_BACK if h in response.headers}

@@ -1,0 +1,71 @@
+"""What ``cachegrid up --secure`` generates: a CA, a certificate for the nodes, tokens.
+
+Owns: the files under ``<data-dir>/tls/``: ``ca.pem`` (the CA certificate clients and
+nodes trust), ``node.pem`` and ``node-key.pem`` (one certificate for every node of the
+local cluster, valid for 127.0.0.1 and localhost, issued by that CA), and ``tokens.json``
+(one random token per scope: read, write, admin, peer), read by the nodes through
+``security.tokens_file``.
+
+Invariants:
+- Certificates come from ``trustme`` (built on ``cryptography``): nothing hand-rolled.
+- The private key and the tokens file are readable by their owner only (0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import trustme
+
+SCOPES = ("read", "write", "admin", "peer")
+
+
+@dataclass(frozen=True)
+class Secrets:
+    directory: Path
+    tokens: dict[str, str]  # scope -> token
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def cert(self) -> Path:
+        return self.directory / "node.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.directory / "node-key.pem"
+
+    @property
+    def tokens_file(self) -> Path:
+        return self.directory / "tokens.json"
+
+    @classmethod
+    def create(cls, directory: Path) -> Secrets:
+        """A new CA, node certificate and tokens, written under ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        made = cls(directory, {scope: secrets.token_urlsafe(24) for scope in SCOPES})
+        authority = trustme.CA(organization_name="cachegrid local cluster")
+        issued = authority.issue_cert("127.0.0.1", "localhost")
+        authority.cert_pem.write_to_path(str(made.ca))
+        issued.cert_chain_pems[0].write_to_path(str(made.cert))
+        for extra in issued.cert_chain_pems[1:]:
+            extra.write_to_path(str(made.cert), append=True)
+        _private(made.key, issued.private_key_pem.bytes())
+        _private(made.tokens_file, json.dumps(made.tokens).encode())
+        return made
+
+    def config_toml(self) -> str:
+        return (f'[security]\ncert = "{self.cert}"\nkey = "{self.key}"\nca = "{self.ca}"\n'
+                f'tokens_file = "{self.tokens_file}"\n')  # fmt: skip
+
+
+def _private(path: Path, data: bytes) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
