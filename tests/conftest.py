@@ -131,13 +131,13 @@ def start_cluster(
     the replicas and the other nodes over its veth link, where they listen too.
     """
     also = (netns.outer,) if netns else ()
-    etcd = etcd_cluster(base / "etcd", ports, 1, etcd_args)
+    made = Secrets.create(base / "tls") if secure else None  # HTTPS, TLS, tokens, ACL
+    etcd = etcd_cluster(base / "etcd", ports, 1, etcd_args, secure=made)
     etcd[0].also_listen = also
-    redis = [FaultyRedis(base / f"redis{i}", ports.take(), also_bind=also)
+    redis = [FaultyRedis(base / f"redis{i}", ports.take(), also_bind=also, secure=made)
              for i in range(replicas)]  # fmt: skip
     base.mkdir(parents=True, exist_ok=True)
     config = base / "cachegrid.toml"
-    made = Secrets.create(base / "tls") if secure else None  # HTTPS and tokens
     cluster = Cluster(base, etcd, redis, [], config=config, netns=netns, secure=made)
     if netns is not None:
         try:

@@ -12,6 +12,7 @@ import shutil
 import signal
 from pathlib import Path
 
+from cachegrid.devcluster.secure import Secrets
 from cachegrid.devcluster.servers import (
     EtcdServer,
     NodeProcess,
@@ -55,13 +56,20 @@ class FaultyNode(Faults, NodeProcess):
 
 
 def etcd_cluster(
-    base_dir: Path, ports: PortAllocator, size: int, extra_args: tuple[str, ...] = ()
+    base_dir: Path,
+    ports: PortAllocator,
+    size: int,
+    extra_args: tuple[str, ...] = (),
+    secure: Secrets | None = None,
 ) -> list[FaultyEtcd]:
-    """``size`` etcd members forming one cluster, not yet started."""
+    """``size`` etcd members forming one cluster, not yet started (clients over TLS with
+    ``secure``)."""
     names = [f"etcd{i}" for i in range(size)]
     peer_ports = [ports.take() for _ in names]
     initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(names, peer_ports, strict=True))
     return [
-        FaultyEtcd(base_dir / name, name, ports.take(), peer_port, initial, extra_args)
+        FaultyEtcd(
+            base_dir / name, name, ports.take(), peer_port, initial, extra_args, secure=secure
+        )
         for name, peer_port in zip(names, peer_ports, strict=True)
     ]

@@ -14,16 +14,17 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from cachegrid import auth
 from cachegrid.budget import ByteBudget
-from cachegrid.config import Config
+from cachegrid.config import Config, SecurityConfig
 from cachegrid.coord.commands import Admin, Executor
 from cachegrid.coord.coordinator import Coordinator, CoordSettings
-from cachegrid.coord.etcd import Etcd
+from cachegrid.coord.etcd import Etcd, TlsFiles
 from cachegrid.coord.invalidation import Publisher
 from cachegrid.errors import Unavailable
 from cachegrid.hotkeys import KeyTraffic, TopKeys
@@ -40,6 +41,7 @@ from cachegrid.serving.leases import HolderLeases, LeaseSettings, OwnerLeases
 from cachegrid.serving.owner import Node
 from cachegrid.serving.routing import Router
 from cachegrid.store.quorum import QuorumStore, open_store
+from cachegrid.store.replica import Credentials
 from cachegrid.store.trust import Trust
 
 log = logging.getLogger(__name__)
@@ -48,9 +50,10 @@ log = logging.getLogger(__name__)
 async def serve(config: Config, stop: asyncio.Event) -> None:
     """Run one node until ``stop`` is set, then shut it down gracefully."""
     settings = config.node
-    etcd = Etcd(list(config.etcd.endpoints))
-    store = open_store(config.store)
     security = config.security
+    etcd_tls = TlsFiles(security.ca, security.cert, security.key) if security.etcd_tls else None
+    etcd = Etcd(list(config.etcd.endpoints), tls=etcd_tls)
+    store = open_store(config.store, store_credentials(config.security))
     tokens = auth.load(security.read_tokens, security.write_tokens,
                        (settings.admin_token, *security.admin_tokens), security.peer_token,
                        security.tokens_file)  # fmt: skip
@@ -133,6 +136,19 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         # Shielded: a node cancelled while stopping still revokes its lease (others take
         # over at once) and closes its connections.
         await uncancellable(_shutdown(coordinator, node, listener, runner, forwarder, store, etcd))
+
+
+def store_credentials(security: SecurityConfig) -> Credentials:
+    """How this node reaches the replicas: TLS and an ACL user in secure mode."""
+    password = security.store_password
+    if security.store_password_file:
+        password = Path(security.store_password_file).read_text().strip()
+    tls = security.store_tls
+    return Credentials(
+        ca=security.ca if tls else None, cert=security.cert if tls else None,
+        key=security.key if tls else None, username=security.store_user or None,
+        password=password or None,
+    )  # fmt: skip
 
 
 def releaser(coordinator: Coordinator, node: Node,

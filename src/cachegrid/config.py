@@ -217,6 +217,14 @@ class SecurityConfig:
     admin_tokens: tuple[str, ...] = ()
     peer_token: str = ""
     tokens_file: str = ""
+    # The store replicas over TLS (checked against ca, presenting cert and key) and as an
+    # ACL user with a password (store_password_file: a file holding it, kept out of here).
+    store_tls: bool = False
+    store_user: str = ""
+    store_password: str = ""
+    store_password_file: str = ""
+    # etcd over TLS (checked against ca, presenting cert and key as its client certificate).
+    etcd_tls: bool = False
 
     @property
     def tls(self) -> bool:
@@ -228,7 +236,9 @@ class SecurityConfig:
             found.append("security.cert, security.key: give both, or neither")
         if self.cert and not self.ca:
             found.append("security.ca: needed with security.cert (peers are checked with it)")
-        for name in ("cert", "key", "ca", "client_ca", "tokens_file"):
+        if (self.store_tls or self.etcd_tls) and not (self.ca and self.cert):
+            found.append("security.store_tls, etcd_tls: need security.ca, cert and key")
+        for name in ("cert", "key", "ca", "client_ca", "tokens_file", "store_password_file"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 found.append(f"security.{name}: {path!r} is not a readable file")

@@ -195,3 +195,53 @@ async def test_the_lease_field_and_acks_are_for_peers_only(secure: Cluster) -> N
     status, _, body = await call(secure, "POST", "/internal/v1/leases:ack",
                                  token=tokens(secure)["peer"], json=ack)  # fmt: skip
     assert status == 200, body
+
+
+async def test_a_replica_answers_no_one_without_tls_a_certificate_and_the_password(
+    secure: Cluster,
+) -> None:
+    made = secure.secure
+    assert made is not None
+    status, _, _ = await call(secure, "PUT", "/v1/kv/stored", token=tokens(secure)["write"],
+                              json={"value": 1})  # fmt: skip
+    assert status == 200
+    port = str(secure.redis[0].port)
+    tls = ["--tls", "--cacert", str(made.ca), "--cert", str(made.cert), "--key", str(made.key)]
+
+    def redis_cli(*args: str) -> str:
+        done = subprocess.run(["redis-cli", "-p", port, *args], capture_output=True,
+                              text=True, timeout=10)  # fmt: skip
+        return done.stdout + done.stderr
+
+    assert "cg:" not in redis_cli("--scan")  # plain TCP: the TLS port does not answer it
+    assert "cg:" not in redis_cli("--tls", "--cacert", str(made.ca), "--scan")  # no certificate
+    assert "NOAUTH" in redis_cli(*tls, "GET", "cg-meta:trust")  # default user: off
+    wrong = redis_cli(*tls, "--user", "cachegrid", "--pass", "wrong", "GET", "cg-meta:trust")
+    assert "WRONGPASS" in wrong
+    good = [*tls, "--user", "cachegrid", "--pass", made.store_password, "--no-auth-warning"]
+    assert "NOPERM" in redis_cli(*good, "FLUSHALL")  # the nodes' user may not
+    assert "NOPERM" in redis_cli(*good, "GET", "someone-else's-key")
+    assert redis_cli(*good, "--scan", "--pattern", "cg:*").strip()  # but reads cachegrid's
+
+
+def test_etcd_answers_no_one_without_a_client_certificate(secure: Cluster) -> None:
+    made = secure.secure
+    assert made is not None
+    endpoint = secure.etcd[0].url
+    assert endpoint.startswith("https://")
+
+    def etcdctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["etcdctl", "--endpoints", endpoint, "--dial-timeout", "2s",
+             "--command-timeout", "3s", *args, "get", "--prefix", "--keys-only", "/cachegrid"],
+            capture_output=True, text=True, timeout=20,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+
+    unchecked = ("--insecure-transport=false", "--insecure-skip-tls-verify")
+    for refused in (etcdctl(), etcdctl("--cacert", str(made.ca)), etcdctl(*unchecked)):
+        assert refused.returncode != 0, refused.stdout
+        assert "/cachegrid/members/" not in refused.stdout
+    allowed = etcdctl("--cacert", str(made.ca), "--cert", str(made.cert), "--key", str(made.key))
+    assert allowed.returncode == 0, allowed.stderr
+    assert "/cachegrid/members/node0" in allowed.stdout

@@ -19,10 +19,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aetcd
+import grpc
 from aetcd import exceptions as aexc
+from aetcd import rpc, watcher
 
 from cachegrid.errors import CachegridError, Unavailable
 
@@ -103,12 +106,13 @@ class Lease:
 class Etcd:
     """A fail-over client over several etcd endpoints (host:port). One event loop."""
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 2.0) -> None:
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 2.0,
+                 tls: TlsFiles | None = None) -> None:  # fmt: skip
         if not endpoints:
             raise ValueError("etcd needs at least one endpoint")
         self.endpoints = list(endpoints)
         self.timeout = timeout
-        self._clients = [_client(endpoint, timeout) for endpoint in self.endpoints]
+        self._clients = [_client(endpoint, timeout, tls) for endpoint in self.endpoints]
         self._current = 0  # index of the endpoint that answered last; tried first
 
     def __repr__(self) -> str:
@@ -323,13 +327,61 @@ def _translate(error: Exception) -> CachegridError:
     return _ERRORS[type(error)](str(error) or type(error).__name__)
 
 
-def _client(endpoint: str, timeout: float) -> aetcd.Client:
+@dataclass(frozen=True)
+class TlsFiles:
+    """TLS to etcd (secure mode): the CA its certificate is checked against, and this
+    node's client certificate and key (PEM files)."""
+
+    ca: str
+    cert: str
+    key: str
+
+
+class _TlsClient(aetcd.Client):  # type: ignore[misc]
+    """aetcd's client over a TLS channel. aetcd 1.x opens only plaintext channels: this
+    is its ``connect`` with ``secure_channel`` in place of ``insecure_channel`` (and no
+    username/password login, which cachegrid does not use)."""
+
+    _is_connecting: bool  # aetcd's, set in its __init__
+    _connected: asyncio.Event
+
+    def __init__(self, tls: TlsFiles, **options: Any) -> None:
+        super().__init__(**options)
+        self._credentials = grpc.ssl_channel_credentials(
+            Path(tls.ca).read_bytes(), Path(tls.key).read_bytes(), Path(tls.cert).read_bytes()
+        )
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self._is_connecting:  # another task is connecting: wait for it (aetcd's rule)
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        try:
+            self._is_connecting = True
+            target = f"{self._host}:{self._port}"
+            self.channel = grpc.aio.secure_channel(target, self._credentials,
+                                                   options=list(self._options.items()))  # fmt: skip
+            self.kvstub = rpc.KVStub(self.channel)
+            self.clusterstub = rpc.ClusterStub(self.channel)
+            self.leasestub = rpc.LeaseStub(self.channel)
+            self.maintenancestub = rpc.MaintenanceStub(self.channel)
+            self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout,
+                                            metadata=self.metadata)  # fmt: skip
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+
+def _client(endpoint: str, timeout: float, tls: TlsFiles | None) -> aetcd.Client:
     host, _, port = endpoint.rpartition(":")
     options: dict[str, Any] = {
         # Reconnect quickly after an etcd restart rather than after gRPC's default backoff.
         "grpc.initial_reconnect_backoff_ms": 100,
         "grpc.max_reconnect_backoff_ms": 1000,
     }
+    if tls is not None:
+        return _TlsClient(tls, host=host, port=int(port), timeout=timeout, options=options)
     return aetcd.Client(host=host, port=int(port), timeout=timeout, options=options)
 
 

@@ -58,9 +58,12 @@ class LocalCluster:
             "etcd0",
             base_port + ETCD_CLIENT_OFFSET,
             base_port + ETCD_PEER_OFFSET,
+            secure=made,
         )
         redis = [
-            RedisServer(data_dir / f"redis{i}", base_port + REDIS_OFFSET + i, appendfsync)
+            RedisServer(
+                data_dir / f"redis{i}", base_port + REDIS_OFFSET + i, appendfsync, secure=made
+            )
             for i in range(replicas)
         ]
         config = data_dir / "cachegrid.toml"

@@ -1,14 +1,16 @@
 """What ``cachegrid up --secure`` generates: a CA, a certificate for the nodes, tokens.
 
 Owns: the files under ``<data-dir>/tls/``: ``ca.pem`` (the CA certificate clients and
-nodes trust), ``node.pem`` and ``node-key.pem`` (one certificate for every node of the
-local cluster, valid for 127.0.0.1 and localhost, issued by that CA), and ``tokens.json``
-(one random token per scope: read, write, admin, peer), read by the nodes through
-``security.tokens_file``.
+nodes trust), ``node.pem`` and ``node-key.pem`` (one certificate for every server of the
+local cluster, nodes and replicas, valid for 127.0.0.1 and localhost, issued by that CA),
+``tokens.json`` (one random token per scope: read, write, admin, peer), read by the nodes
+through ``security.tokens_file``, and the replicas' ACL (``users.acl``: the default user
+off, one user for the nodes with a random password, kept in ``store-password``).
 
 Invariants:
 - Certificates come from ``trustme`` (built on ``cryptography``): nothing hand-rolled.
-- The private key and the tokens file are readable by their owner only (0600).
+- The private key, the tokens, the password and the ACL are readable by their owner only
+  (0600).
 """
 
 from __future__ import annotations
@@ -24,10 +26,19 @@ import trustme
 SCOPES = ("read", "write", "admin", "peer")
 
 
+# The ACL user nodes reach the replicas as, and what it may do: the commands cachegrid
+# sends (its Lua scripts' included), on its own keys only; the default user is off.
+STORE_USER = "cachegrid"
+STORE_RULES = ("~cg:* ~cg-meta:* resetchannels -@all +ping +hello +auth "
+               "+info +config|get +get +set +del +hmget +hset +eval +evalsha +script|load "
+               "+scan")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Secrets:
     directory: Path
     tokens: dict[str, str]  # scope -> token
+    store_password: str
 
     @property
     def ca(self) -> Path:
@@ -49,7 +60,8 @@ class Secrets:
     def create(cls, directory: Path) -> Secrets:
         """A new CA, node certificate and tokens, written under ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
-        made = cls(directory, {scope: secrets.token_urlsafe(24) for scope in SCOPES})
+        made = cls(directory, {scope: secrets.token_urlsafe(24) for scope in SCOPES},
+                   secrets.token_urlsafe(24))  # fmt: skip
         authority = trustme.CA(organization_name="cachegrid local cluster")
         issued = authority.issue_cert("127.0.0.1", "localhost")
         authority.cert_pem.write_to_path(str(made.ca))
@@ -58,11 +70,25 @@ class Secrets:
             extra.write_to_path(str(made.cert), append=True)
         _private(made.key, issued.private_key_pem.bytes())
         _private(made.tokens_file, json.dumps(made.tokens).encode())
+        _private(made.store_password_file, made.store_password.encode())
+        _private(made.acl_file, (f"user default off\nuser {STORE_USER} on "
+                                 f">{made.store_password} {STORE_RULES}\n").encode())  # fmt: skip
         return made
+
+    @property
+    def store_password_file(self) -> Path:
+        return self.directory / "store-password"
+
+    @property
+    def acl_file(self) -> Path:
+        """The replicas' ACL (redis-server --aclfile)."""
+        return self.directory / "users.acl"
 
     def config_toml(self) -> str:
         return (f'[security]\ncert = "{self.cert}"\nkey = "{self.key}"\nca = "{self.ca}"\n'
-                f'tokens_file = "{self.tokens_file}"\n')  # fmt: skip
+                f'tokens_file = "{self.tokens_file}"\nstore_tls = true\netcd_tls = true\n'
+                f'store_user = "{STORE_USER}"\n'
+                f'store_password_file = "{self.store_password_file}"\n')  # fmt: skip
 
 
 def _private(path: Path, data: bytes) -> None:

@@ -28,6 +28,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from cachegrid.devcluster.secure import STORE_USER, Secrets
+
 # Prefix of every command: the kernel kills the server if the process that started it dies.
 _DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
 
@@ -149,12 +151,14 @@ class RedisServer(ServerProcess):
 
     def __init__(
         self, data_dir: Path, port: int, appendfsync: str = "everysec",
-        also_bind: tuple[str, ...] = (),
+        also_bind: tuple[str, ...] = (), secure: Secrets | None = None,
     ) -> None:  # fmt: skip
         super().__init__(data_dir)
         self.port = port
         self.appendfsync = appendfsync
         self.also_bind = also_bind  # addresses to listen on besides 127.0.0.1
+        # Secure mode: TLS only (client certificates required) and the ACL's users.
+        self.secure = secure
 
     @property
     def endpoint(self) -> str:
@@ -164,7 +168,7 @@ class RedisServer(ServerProcess):
         return [
             "redis-server",
             "--bind", "127.0.0.1", *self.also_bind,
-            "--port", str(self.port),
+            *self._listen_args(),
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
@@ -173,13 +177,39 @@ class RedisServer(ServerProcess):
             "--protected-mode", "no",
         ]  # fmt: skip
 
+    def _listen_args(self) -> list[str]:
+        if self.secure is None:
+            return ["--port", str(self.port)]
+        made = self.secure
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(made.cert),
+                "--tls-key-file", str(made.key), "--tls-ca-cert-file", str(made.ca),
+                "--tls-auth-clients", "yes", "--aclfile", str(made.acl_file)]  # fmt: skip
+
     def is_ready(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                conn.sendall(b"PING\r\n")
-                return conn.recv(16).startswith(b"+PONG")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                if self.secure is None:
+                    return _pong(raw, b"")
+                made = self.secure
+                context = ssl.create_default_context(cafile=str(made.ca))
+                context.load_cert_chain(str(made.cert), str(made.key))
+                with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    auth = b"AUTH %s %s\r\n" % (STORE_USER.encode(), made.store_password.encode())
+                    return _pong(tls, auth)
         except OSError:
             return False
+
+
+def _pong(conn: socket.socket, before: bytes) -> bool:
+    """True if the server answers PING (after ``before``, an AUTH) with PONG."""
+    conn.sendall(before + b"PING\r\n")
+    answer = b""
+    while answer.count(b"\r\n") < (2 if before else 1):
+        received = conn.recv(64)
+        if not received:
+            return False
+        answer += received
+    return answer.endswith(b"+PONG\r\n")
 
 
 class EtcdServer(ServerProcess):
@@ -195,8 +225,10 @@ class EtcdServer(ServerProcess):
         peer_port: int,
         initial_cluster: str | None = None,
         extra_args: tuple[str, ...] = (),
+        secure: Secrets | None = None,
     ) -> None:
         super().__init__(data_dir)
+        self.secure = secure  # secure mode: clients over TLS, with a client certificate
         self.member_name = member_name
         self.client_port = client_port
         self.peer_port = peer_port
@@ -210,7 +242,11 @@ class EtcdServer(ServerProcess):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self._scheme}://127.0.0.1:{self.client_port}"
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.secure else "http"
 
     @property
     def peer_url(self) -> str:
@@ -222,7 +258,8 @@ class EtcdServer(ServerProcess):
             "--name", self.member_name,
             "--data-dir", str(self.data_dir),
             "--listen-client-urls", ",".join(
-                [self.url, *(f"http://{host}:{self.client_port}" for host in self.also_listen)]
+                [self.url,
+                 *(f"{self._scheme}://{host}:{self.client_port}" for host in self.also_listen)]
             ),
             "--advertise-client-urls", self.url,
             "--listen-peer-urls", self.peer_url,
@@ -238,12 +275,25 @@ class EtcdServer(ServerProcess):
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
             "--log-level", "warn",
+            *self._tls_args(),
             *self.extra_args,
         ]  # fmt: skip
 
+    def _tls_args(self) -> list[str]:
+        if self.secure is None:
+            return []
+        made = self.secure
+        return ["--cert-file", str(made.cert), "--key-file", str(made.key),
+                "--trusted-ca-file", str(made.ca), "--client-cert-auth"]  # fmt: skip
+
     def is_ready(self) -> bool:
+        context = None
+        if self.secure is not None:
+            context = ssl.create_default_context(cafile=str(self.secure.ca))
+            context.load_cert_chain(str(self.secure.cert), str(self.secure.key))
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=0.5) as response:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=0.5,
+                                        context=context) as response:  # fmt: skip
                 return b'"health":"true"' in response.read()
         except OSError:
             return False

@@ -39,7 +39,7 @@ from cachegrid.errors import (
 )
 from cachegrid.keys import DEFAULT_MAX_KEY_BYTES, check_key
 from cachegrid.store.record import BatchRead, Record
-from cachegrid.store.replica import Replica, Reply
+from cachegrid.store.replica import Credentials, Replica, Reply
 from cachegrid.store.trust import Trust
 from cachegrid.store.upkeep import Upkeep, copy_newest
 from cachegrid.store.writeback import Answer, Plan, decodable, plan_write_back, version_of
@@ -410,14 +410,16 @@ def _succeeded(task: asyncio.Task[Any]) -> bool:
     return not task.cancelled() and task.exception() is None
 
 
-def open_store(config: StoreConfig) -> QuorumStore:
-    """A QuorumStore over the replicas ``config`` names (connections open lazily)."""
+def open_store(config: StoreConfig, credentials: Credentials = Credentials()) -> QuorumStore:  # noqa: B008
+    """A QuorumStore over the replicas ``config`` names (connections open lazily), reached
+    with ``credentials`` (secure mode)."""
     replicas = [
         Replica(
             addr,
             timeout=config.timeout,
             max_in_flight=config.max_in_flight,
             cooldown=config.cooldown,
+            credentials=credentials,
         )
         for addr in config.replicas
     ]

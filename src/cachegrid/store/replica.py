@@ -133,6 +133,18 @@ class ReplicaHealth:
         }
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """How a node proves itself to the replicas in secure mode: TLS (checked against ``ca``,
+    presenting ``cert`` and ``key``) and an ACL user. All None: plain, as the default user."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+
 @dataclass
 class Identity:
     """What the replica's process says of itself on each new connection."""
@@ -156,6 +168,7 @@ class Replica:
         max_in_flight: int = 64,
         cooldown: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        credentials: Credentials = Credentials(),
     ) -> None:
         host, _, port = addr.rpartition(":")
         self.addr = addr
@@ -173,6 +186,13 @@ class Replica:
             max_connections=max_in_flight,
             health_check_interval=0,
             redis_connect_func=self._on_connect,
+            username=credentials.username,
+            password=credentials.password,
+            ssl=credentials.ca is not None,
+            ssl_ca_certs=credentials.ca,
+            ssl_certfile=credentials.cert,
+            ssl_keyfile=credentials.key,
+            ssl_cert_reqs="required",
         )
         self.identity = Identity()
         self._set_if_newer = self._redis.register_script(SET_IF_NEWER)
