@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from tests.proof import connect
 from tests.proof.checker import check
 from tests.proof.history import OK, UNKNOWN, Op
 from tests.proof.recorder import Recorder
@@ -74,7 +75,7 @@ class Sampler:
 
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=0.5)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with connect.session(timeout=timeout) as http:
             while not stop.is_set():
                 await asyncio.gather(*(self._sample(http, url) for url in self.urls))
                 with contextlib.suppress(TimeoutError):
@@ -110,7 +111,7 @@ class Prober:
 
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with connect.session(timeout=timeout) as http:
             while not stop.is_set():
                 await asyncio.gather(*(self._probe(http, url, key)
                                        for url in self.urls for key in self.keys))  # fmt: skip
@@ -285,7 +286,7 @@ async def run_scenario(
 async def metric_sum(urls: list[str], series: str) -> int:
     """The sum over these nodes of one series (a name, with its labels if it has any)."""
     total = 0.0
-    async with aiohttp.ClientSession() as http:
+    async with connect.session() as http:
         for url in urls:
             async with http.get(f"{url}/metrics") as response:
                 page = await response.text()
@@ -299,7 +300,7 @@ async def shared_batches(urls: list[str]) -> dict[str, int]:
     store_write, forward_get), from their metrics: the checked history exercised a kind of
     batching only if its count is above 0."""
     totals: dict[str, int] = {}
-    async with aiohttp.ClientSession() as http:
+    async with connect.session() as http:
         for url in urls:
             async with http.get(f"{url}/metrics") as response:
                 page = await response.text()

@@ -15,7 +15,6 @@ import itertools
 import os
 import time
 
-import aiohttp
 import pytest
 
 from cachegrid.coord.etcd import Etcd
@@ -25,6 +24,7 @@ from tests.integration.faults import Abuser, Relays
 from tests.integration.netns import Netns
 from tests.integration.scenario import Events, ScenarioResult, run_scenario
 from tests.processes import FaultyNode
+from tests.proof import connect
 from tests.proof.history import FAILED, OK
 from tests.proof.recorder import Recorder
 
@@ -100,7 +100,7 @@ class HeldKey:
         """Pick a key the victim does not own, and read it through the victim (in the
         background, until ``write``) until a replica hit answers."""
         held = asyncio.Event()
-        async with aiohttp.ClientSession() as http:
+        async with connect.session() as http:
             async with http.get(f"{self.cluster.urls[0]}/v1/ring") as response:
                 ring = Ring.from_description(await response.json())
             victim = f"node{self.victim}"
@@ -114,7 +114,7 @@ class HeldKey:
 
     async def _keep_hot(self, held: asyncio.Event) -> None:
         url = f"{self.cluster.urls[self.victim]}/v1/kv/{self.key}"
-        async with aiohttp.ClientSession() as http:
+        async with connect.session() as http:
             while True:
                 async with http.get(url) as response:
                     if response.headers.get("X-Cache") == "replica":
@@ -127,7 +127,7 @@ class HeldKey:
         self._reading.cancel()
         await asyncio.gather(self._reading, return_exceptions=True)
         started = time.monotonic()
-        async with aiohttp.ClientSession() as http, http.put(
+        async with connect.session() as http, http.put(
             f"{self.owner}/v1/kv/{self.key}", json={"value": 1}
         ) as response:  # fmt: skip
             assert response.status == 200, await response.text()
@@ -160,7 +160,7 @@ async def start(fresh_cluster, **options):
 
 
 async def admin(cluster, path: str, body: dict) -> None:
-    async with aiohttp.ClientSession() as http, http.post(
+    async with connect.session() as http, http.post(
         f"{cluster.urls[0]}{path}", json=body,
         headers={"Authorization": f"Bearer {cluster.admin_token}"},
     ) as response:  # fmt: skip
@@ -168,7 +168,7 @@ async def admin(cluster, path: str, body: dict) -> None:
 
 
 async def admin_status(cluster, url: str) -> dict:
-    async with aiohttp.ClientSession() as http, http.get(
+    async with connect.session() as http, http.get(
         f"{url}/admin/status", headers={"Authorization": f"Bearer {cluster.admin_token}"},
     ) as response:  # fmt: skip
         assert response.status == 200, await response.text()
@@ -176,12 +176,22 @@ async def admin_status(cluster, url: str) -> dict:
 
 
 async def test_no_faults(fresh_cluster) -> None:
-    cluster = await start(fresh_cluster)
+    await no_faults(await start(fresh_cluster), "no faults")
 
+
+async def test_no_faults_in_secure_mode(fresh_cluster) -> None:
+    """The same over HTTPS, with a write token, the store over TLS with its ACL user and
+    etcd over TLS with client certificates (cachegrid up --secure)."""
+    cluster = await start(fresh_cluster, secure=True)
+    with connect.secured(str(cluster.secure.ca), cluster.secure.tokens["write"]):
+        await no_faults(cluster, "no faults, secure mode", duration=12.0)
+
+
+async def no_faults(cluster, name: str, duration: float = 8.0) -> None:
     async def steady(events: Events) -> None:
         events.mark("nothing")
 
-    result = await run_scenario("no faults", cluster.urls, steady)
+    result = await run_scenario(name, cluster.urls, steady, duration=duration)
     result.require_load(availability=1.0, longest_gap=0.5)
     result.require(result.outcomes.get(FAILED, 0) == 0, "no op failed")
     # Writes raced renewals: grants that arrived after a drop record were refused.
@@ -190,8 +200,17 @@ async def test_no_faults(fresh_cluster) -> None:
 
 
 async def test_kill_9_a_node(fresh_cluster) -> None:
-    cluster = await start(fresh_cluster)
+    await kill_9_a_node(await start(fresh_cluster), "kill -9 a node")
 
+
+async def test_kill_9_a_node_in_secure_mode(fresh_cluster) -> None:
+    cluster = await start(fresh_cluster, secure=True)
+    with connect.secured(str(cluster.secure.ca), cluster.secure.tokens["write"]):
+        # TLS costs CPU: the same evidence takes longer to gather on this 2-core machine.
+        await kill_9_a_node(cluster, "kill -9 a node, secure mode", duration=12.0)
+
+
+async def kill_9_a_node(cluster, name: str, duration: float = 8.0) -> None:
     held = HeldKey(cluster, 2)
     await held.hold()
 
@@ -201,7 +220,8 @@ async def test_kill_9_a_node(fresh_cluster) -> None:
         await held.write()
 
     survivors = cluster.urls[:2]
-    result = await run_scenario("kill -9 a node", cluster.urls, fault, final_urls=survivors)
+    result = await run_scenario(name, cluster.urls, fault, final_urls=survivors,
+                                duration=duration)  # fmt: skip
     result.require_load(availability=0.99, longest_gap=1.0)
     lease_takeover(result, survivors)
     holder_waited_out(result, held)
@@ -604,7 +624,7 @@ async def test_an_abusive_client_beside_the_workload(fresh_cluster) -> None:
     limits = "idle_timeout = 2.0\nmax_bytes_in_flight = 16777216\nmax_batch_bytes = 4194304\n"
     cluster = await start(fresh_cluster, node_config="cache_max_entries = 1\n" + LEASES + limits)
     big = [f"big-{i}" for i in range(80)]  # 4.8 MB in all: over the 4 MiB answer cap
-    async with aiohttp.ClientSession() as http:
+    async with connect.session() as http:
         for key in big:
             async with http.put(f"{cluster.urls[0]}/v1/kv/{key}",
                                 json={"value": "x" * 60_000}) as response:  # fmt: skip

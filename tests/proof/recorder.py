@@ -26,6 +26,7 @@ import aiohttp
 import orjson
 
 from cachegrid import httpclient
+from tests.proof import connect
 from tests.proof.history import (
     ABSENT,
     CAS,
@@ -62,7 +63,7 @@ class Recorder:
         """Run the clients for ``duration`` seconds; the history so far."""
         stop_at = time.monotonic() + duration
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with httpclient.session(timeout=timeout) as http:
+        async with connect.session(timeout=timeout) as http:
             await asyncio.gather(
                 *(self._client(http, f"c{n}", stop_at) for n in range(self.clients)),
                 *(self._reader(http, f"r{n}", stop_at) for n in range(self.readers)),
@@ -75,7 +76,7 @@ class Recorder:
         (key, url) pairs that never answered by ``deadline``."""
         unanswered = []
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with httpclient.session(timeout=timeout) as http:
+        async with connect.session(timeout=timeout) as http:
             for key in self.keys:
                 for url in self.urls:
                     while True:
