@@ -54,6 +54,7 @@ LUA = """
 local paths = {%(paths)s}
 local methods = {%(methods)s}
 local body = '%(body)s'
+local headers = {%(headers)s}
 local counter = 0
 %(pause)s
 request = function()
@@ -61,8 +62,9 @@ request = function()
   local i = (counter %% #paths) + 1
   local method = methods[(counter %% #methods) + 1]
   local path = paths[i]
-  if method == "GET" then return wrk.format("GET", path) end
-  return wrk.format(method, path, {["Content-Type"] = "application/json"}, body)
+  if method == "GET" then return wrk.format("GET", path, headers) end
+  headers["Content-Type"] = "application/json"
+  return wrk.format(method, path, headers, body)
 end
 done = function(summary, latency, requests)
   io.write(string.format('RESULT {"requests": %%d, "seconds": %%f, "errors": %%d, '
@@ -90,17 +92,20 @@ class Result:
 
 def wrk(base: str, paths: list[str], seconds: float, connections: int,
         methods: tuple[str, ...] = ("GET",), body: str = "", not_found_ok: bool = False,
-        pause_ms: int = 0, pinned_to: str = "") -> Result:  # fmt: skip
+        pause_ms: int = 0, pinned_to: str = "",
+        headers: dict[str, str] | None = None) -> Result:  # fmt: skip
     """Load ``base`` with wrk: ``paths`` in turn, ``methods`` in turn (a mix). Answers of
     4xx/5xx count as errors, except 404s when ``not_found_ok``. With ``pause_ms``, each
     connection waits that long after an answer before its next request (a set rate); with
-    ``pinned_to``, wrk runs on that core only."""
+    ``pinned_to``, wrk runs on that core only; ``headers`` go with every request."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(LUA % {
             "paths": ",".join(json.dumps(p) for p in paths),
             "methods": ",".join(json.dumps(m) for m in methods),
             "body": body,
             "pause": f"delay = function() return {pause_ms} end" if pause_ms else "",
+            "headers": ",".join(f"[{json.dumps(k)}] = {json.dumps(v)}"
+                                for k, v in (headers or {}).items()),
         })  # fmt: skip
     out = subprocess.run(
         [*(["taskset", "-c", pinned_to] if pinned_to else []),

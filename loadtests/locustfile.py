@@ -46,6 +46,7 @@ from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
+import gevent.ssl
 from locust import FastHttpUser, between, events, task
 from locust.contrib.fasthttp import ResponseContextManager
 from locust.env import Environment
@@ -70,9 +71,20 @@ def _options(parser: Any) -> None:
 @events.init.add_listener
 def _load_cluster(environment: Environment, **_: Any) -> None:
     with open(environment.parsed_options.cluster) as file:
-        _NODES[:] = [node["url"] for node in json.load(file)["nodes"]]
+        manifest = json.load(file)
+    _NODES[:] = [node["url"] for node in manifest["nodes"]]
     if not _NODES:
         raise SystemExit(f"{environment.parsed_options.cluster} lists no node")
+    # A secure cluster (cachegrid up --secure): HTTPS checked against its CA, and its write
+    # token on every request.
+    if manifest.get("ca"):
+        ca = manifest["ca"]
+        _CachegridUser.insecure = False
+        _CachegridUser.ssl_context_factory = staticmethod(
+            lambda: gevent.ssl.create_default_context(cafile=ca))  # fmt: skip
+    if manifest.get("tokens"):
+        _CachegridUser.default_headers = {
+            "Authorization": f"Bearer {manifest['tokens']['write']}"}  # fmt: skip
 
 
 def zipf_key() -> str:

@@ -5,6 +5,7 @@ not built yet.)"""
 
 from __future__ import annotations
 
+import csv
 import json
 import socket
 import ssl
@@ -245,3 +246,22 @@ def test_etcd_answers_no_one_without_a_client_certificate(secure: Cluster) -> No
     allowed = etcdctl("--cacert", str(made.ca), "--cert", str(made.cert), "--key", str(made.key))
     assert allowed.returncode == 0, allowed.stderr
     assert "/cachegrid/members/node0" in allowed.stdout
+
+
+def test_the_locust_kit_runs_against_a_secure_cluster(secure: Cluster, tmp_path: Path) -> None:
+    """The kit reads the CA and the write token from cluster.json: a short run has
+    requests of every kind and no failure (without them every request would fail)."""
+    manifest = tmp_path / "cluster.json"
+    manifest.write_text(json.dumps(secure.manifest()))
+    locust = Path(sys.executable).parent / "locust"
+    done = subprocess.run(
+        [str(locust), "-f", str(Path(__file__).parents[2] / "loadtests/locustfile.py"),
+         "--headless", "-u", "6", "-r", "6", "-t", "4s", "--cluster", str(manifest),
+         "--only-summary", "--csv", str(tmp_path / "stats")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (tmp_path / "stats_stats.csv").open() as file:
+        total = next(row for row in csv.DictReader(file) if row["Name"] == "Aggregated")
+    assert int(total["Request Count"]) > 50, total
+    assert int(total["Failure Count"]) == 0, total
