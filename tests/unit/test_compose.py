@@ -15,6 +15,7 @@ import yaml
 
 from cachegrid import config
 from cachegrid.cli import main as cli
+from cachegrid.devcluster.secure import Secrets
 from cachegrid.http.api import OPS_ROUTES
 
 ROOT = Path(__file__).parents[2]
@@ -165,3 +166,68 @@ def test_grafana_reads_prometheus_and_provisions_the_dashboard() -> None:
     assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     assert set(grafana["depends_on"]) == {"prometheus"}
     assert container_port(grafana) == "3000"
+
+
+# -- the secure variant: docker-compose.secure.yml, on top of the base file ----------------
+
+
+def secure_services() -> dict[str, dict]:
+    document = yaml.safe_load((ROOT / "docker-compose.secure.yml").read_text())
+    return document["services"]
+
+
+def required(value: str) -> str:
+    """Compose's ${VAR:?message}, with VAR set (to a stand-in token)."""
+    return re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", r"stand-in-\1", str(value))
+
+
+def tls_paths(value: object) -> set[str]:
+    return set(re.findall(r"/tls/[\w.-]+", json.dumps(value)))
+
+
+def test_the_secure_variant_only_adds_to_services_of_the_base_file() -> None:
+    assert set(secure_services()) <= set(services())
+    for name, service in secure_services().items():
+        if "volumes" in service:
+            assert "./tls:/tls:ro" in service["volumes"], name
+
+
+def test_the_secure_variant_uses_only_files_cachegrid_secrets_makes(tmp_path: Path) -> None:
+    made = Secrets.create(tmp_path)
+    names = {path.name for path in tmp_path.iterdir()}
+    for name, service in secure_services().items():
+        for path in tls_paths(service):
+            assert path.removeprefix("/tls/") in names, f"{name}: {path}"
+    assert made.cert.name == "node.pem"
+
+
+def test_secure_nodes_are_configured_validly_for_tls_everywhere(tmp_path: Path) -> None:
+    Secrets.create(tmp_path)
+    for name, node in of_kind("node").items():
+        secure = secure_services()[name]["environment"]
+        environ = {key: interpolated(required(value)).replace("/tls/", f"{tmp_path}/")
+                   for key, value in {**node["environment"], **secure}.items()}  # fmt: skip
+        settings = config.load(None, environ=environ)  # raises ConfigError on any problem
+        security = settings.security
+        assert security.tls
+        assert security.store_tls
+        assert security.etcd_tls
+        assert security.store_user == "cachegrid"
+        assert security.store_password_file
+        assert security.write_tokens == ("stand-in-CACHEGRID_WRITE_TOKEN",)
+
+
+def test_secure_replicas_and_etcd_serve_tls_only_with_client_certificates() -> None:
+    ports = {f"{r}:6379" for r in of_kind("redis")}
+    for name in of_kind("redis"):
+        command = secure_services()[name]["command"]
+        assert flag(command, "--port") == "0"  # no plain port
+        assert f"{name}:{flag(command, '--tls-port')}" in ports
+        assert flag(command, "--tls-auth-clients") == "yes"
+        assert flag(command, "--aclfile") == "/tls/users.acl"
+        assert flag(command, "--appendonly") == "yes"
+    for name in of_kind("etcd"):
+        service = secure_services()[name]
+        assert flag(service["command"], "--advertise-client-urls") == f"https://{name}:2379"
+        assert service["environment"]["ETCD_LISTEN_CLIENT_URLS"].startswith("https://")
+        assert service["environment"]["ETCD_CLIENT_CERT_AUTH"] == "true"

@@ -17,7 +17,7 @@ from cachegrid.cli.kv import kv
 from cachegrid.cli.options import json_flag, wants_json
 from cachegrid.coord.coordinator import DuplicateNodeId
 from cachegrid.coord.etcd import EtcdUnavailable
-from cachegrid.devcluster import cluster
+from cachegrid.devcluster import cluster, secure
 
 
 @click.group()
@@ -150,6 +150,21 @@ def up(nodes: int, replicas: int, data_dir: Path, base_port: int, appendfsync: s
 
 
 main.add_command(kv)
+
+
+@main.command("secrets")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host", "hosts", multiple=True, default=("127.0.0.1", "localhost"),
+              show_default=True,
+              help="A name the servers are reached by (repeatable).")  # fmt: skip
+def make_secrets(directory: Path, hosts: tuple[str, ...]) -> None:
+    """Make what secure mode needs in DIRECTORY: a CA (ca.pem), one certificate for every
+    server (node.pem, node-key.pem) valid for the --host names, the replicas' ACL
+    (users.acl, store-password) and tokens (tokens.json); print the tokens as variables
+    for docker compose."""
+    made = secure.Secrets.create(directory, hosts)
+    for scope, token in made.tokens.items():
+        click.echo(f"CACHEGRID_{scope.upper()}_TOKEN={token}")
 
 
 @main.group()

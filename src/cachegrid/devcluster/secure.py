@@ -57,13 +57,14 @@ class Secrets:
         return self.directory / "tokens.json"
 
     @classmethod
-    def create(cls, directory: Path) -> Secrets:
-        """A new CA, node certificate and tokens, written under ``directory``."""
+    def create(cls, directory: Path,
+               hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Secrets:  # fmt: skip
+        """A new CA, a certificate for ``hosts`` and tokens, written under ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
         made = cls(directory, {scope: secrets.token_urlsafe(24) for scope in SCOPES},
                    secrets.token_urlsafe(24))  # fmt: skip
         authority = trustme.CA(organization_name="cachegrid local cluster")
-        issued = authority.issue_cert("127.0.0.1", "localhost")
+        issued = authority.issue_cert(*hosts)
         authority.cert_pem.write_to_path(str(made.ca))
         issued.cert_chain_pems[0].write_to_path(str(made.cert))
         for extra in issued.cert_chain_pems[1:]:
