@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
@@ -43,6 +44,7 @@ from cachegrid.http.framework import (
     Admission,
     Answer,
     Routes,
+    Table,
     add_table,
     authorized,
     bind,
@@ -141,19 +143,21 @@ class Api:
         logged = self.limits.access_log  # the data routes only: not probes and scrapes
         public = bind(self, PUBLIC_ROUTES)
         if not self.tokens.data_open:
-            public = [(path, {method: authorized(handler, self.tokens, DATA_SCOPES[method])
-                              for method, handler in methods.items()})
-                      for path, methods in public]  # fmt: skip
+            public = self._authorized(public, DATA_SCOPES.__getitem__)
         add_table(app, public, self.node_id, self.node.metrics, self.admission, logged)
         add_table(app, bind(self, OPS_ROUTES), self.node_id, self.node.metrics)
         # Not admitted: refusing an acknowledgement under load would make writes wait
         # out whole leases, which adds load. Peers only, when nodes have a peer token.
         peer = bind(self, PEER_ROUTES)
         if self.tokens.peer_required:
-            peer = [(path, {method: authorized(handler, self.tokens, Scope.PEER)
-                            for method, handler in methods.items()})
-                    for path, methods in peer]  # fmt: skip
+            peer = self._authorized(peer, lambda method: Scope.PEER)
         add_table(app, peer, self.node_id, self.node.metrics, access_log=logged)
+
+    def _authorized(self, table: Table, needed: Callable[[str], Scope]) -> Table:
+        """The table, each handler run only for a token of the scope ``needed(method)``."""
+        return [(path, {method: authorized(handler, self.tokens, needed(method))
+                        for method, handler in methods.items()})
+                for path, methods in table]  # fmt: skip
 
     async def metrics_page(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self.node.metrics.render(),
