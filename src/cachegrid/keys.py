@@ -26,6 +26,6 @@ def check_key(key: str, max_bytes: int = DEFAULT_MAX_KEY_BYTES) -> None:
     except UnicodeEncodeError as error:
         raise BadRequest("key is not valid UTF-8") from error
     if size > max_bytes:
-        raise TooLarge(f"key is {size} bytes, the limit is {max_bytes}")
+        raise TooLarge(f"key is {size} bytes, the limit is {max_bytes} (store.max_key_bytes)")
     if _CONTROL.search(key):
         raise BadRequest("key must not contain control characters")

@@ -366,3 +366,19 @@ async def test_forwarded_gets_share_batches_and_answer_as_the_owner_would(http, 
             assert headers.get(name) == direct_headers.get(name), name
         assert headers["X-Cache"] in ("hit", "miss")
         assert headers["X-Cachegrid-Epoch"]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "setting"), [
+    ("PUT", "/v1/kv/a", b'{"value": "' + b"x" * 66000 + b'"}', "store.max_value_bytes"),
+    ("GET", "/v1/kv/" + "k" * 1025, b"", "store.max_key_bytes"),
+    ("POST", "/v1/kv:batchGet", orjson.dumps({"keys": [f"k{i}" for i in range(1001)]}),
+     "node.max_batch_keys"),
+])  # fmt: skip
+async def test_a_size_limit_names_its_setting(http, cluster, method, path, body,
+                                              setting) -> None:  # fmt: skip
+    """A 413 says which setting to raise (issue 14)."""
+    headers = {"Content-Type": "application/json"} if body else {}
+    status, _, got = await call(http, method, f"{cluster.urls[0]}{path}", data=body,
+                                headers=headers)  # fmt: skip
+    assert status == 413
+    assert setting in got["error"]["message"], got

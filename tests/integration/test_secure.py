@@ -265,3 +265,22 @@ def test_the_locust_kit_runs_against_a_secure_cluster(secure: Cluster, tmp_path:
         total = next(row for row in csv.DictReader(file) if row["Name"] == "Aggregated")
     assert int(total["Request Count"]) > 50, total
     assert int(total["Failure Count"]) == 0, total
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_nothing_over_https(secure: Cluster) -> None:
+    """The whole described contract, fuzzed over HTTPS (checked against the cluster's CA)
+    with the peer token, which every route accepts: the same checks as in plain mode."""
+    assert secure.secure is not None
+    command = [
+        str(Path(sys.executable).parent / "schemathesis"), "run",
+        f"{secure.urls[0]}/v1/openapi.json", "--tls-verify", str(secure.secure.ca),
+        "-H", f"Authorization: Bearer {tokens(secure)['peer']}",
+        "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                    "response_schema_conformance",
+        "--max-examples", "20", "--max-time", "40", "--seed", "1", "--workers", "2",
+        "--exclude-path", "/admin/drain", "--exclude-path", "/admin/rebalance",
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "generated" in run.stdout, run.stdout[-2000:]

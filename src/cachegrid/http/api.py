@@ -257,7 +257,8 @@ class Api:
         value = orjson.dumps(document["value"])
         if len(value) > self.limits.max_value_bytes:
             raise TooLarge(
-                f"value is {len(value)} bytes, the limit is {self.limits.max_value_bytes}"
+                f"value is {len(value)} bytes, the limit is {self.limits.max_value_bytes} "
+                "(store.max_value_bytes)"
             )
         condition = parse_condition(request)
         try:
@@ -293,7 +294,8 @@ class Api:
         from_peer = not self.tokens.peer_required or request.get("scope") is Scope.PEER
         ask = lease_ask(document.get("lease"), hops(request), detail, from_peer)
         if len(keys) > self.limits.max_batch:
-            raise TooLarge(f"{len(keys)} keys in one batch, the limit is {self.limits.max_batch}")
+            raise TooLarge(f"{len(keys)} keys in one batch, the limit is {self.limits.max_batch} "
+                           "(node.max_batch_keys)")  # fmt: skip
         for index, key in enumerate(keys):
             try:
                 check_key(key, self.limits.max_key_bytes)
