@@ -234,7 +234,7 @@ def test_etcd_answers_no_one_without_a_client_certificate(secure: Cluster) -> No
     def etcdctl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["etcdctl", "--endpoints", endpoint, "--dial-timeout", "2s",
-             "--command-timeout", "3s", *args, "get", "--prefix", "--keys-only", "/cachegrid"],
+             "--command-timeout", "3s", *args, "get", "--prefix", "--keys-only", "/cachegrid/"],
             capture_output=True, text=True, timeout=20,
             env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
         )  # fmt: skip
@@ -284,3 +284,26 @@ def test_schemathesis_finds_nothing_over_https(secure: Cluster) -> None:
     run = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "generated" in run.stdout, run.stdout[-2000:]
+
+
+def test_the_nodes_etcd_user_may_touch_its_prefix_only(secure: Cluster) -> None:
+    """etcd's RBAC: the nodes' certificate names their user (its CN), whose role reads and
+    writes under the cluster's prefix and nothing else."""
+    made = secure.secure
+    assert made is not None
+    etcdctl = ["etcdctl", "--endpoints", secure.etcd[0].url, "--cacert", str(made.ca),
+               "--cert", str(made.cert), "--key", str(made.key),
+               "--command-timeout", "3s"]  # fmt: skip
+    environment = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*etcdctl, *args], capture_output=True, text=True, timeout=20,
+                              env=environment)  # fmt: skip
+
+    inside = run("get", "--prefix", "--keys-only", "/cachegrid/members/")
+    assert inside.returncode == 0, inside.stderr
+    assert "/cachegrid/members/node0" in inside.stdout
+    for denied in (run("put", "/elsewhere", "x"), run("get", "/elsewhere"),
+                   run("get", "--prefix", "/"), run("user", "list")):  # fmt: skip
+        assert denied.returncode != 0, denied.stdout
+        assert "permission denied" in denied.stderr, denied.stderr

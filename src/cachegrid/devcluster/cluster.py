@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from cachegrid.config import EtcdConfig
 from cachegrid.devcluster.secure import Secrets
 from cachegrid.devcluster.servers import (
     EtcdServer,
@@ -33,6 +34,7 @@ from cachegrid.devcluster.servers import (
 )
 
 ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET, REDIS_OFFSET, NODE_OFFSET = 0, 1, 10, 20
+ETCD_PREFIX = EtcdConfig().prefix  # the nodes of a local cluster use the default
 
 
 @dataclass
@@ -104,6 +106,8 @@ class LocalCluster:
         etcd to join); if anything fails to start, everything started is stopped."""
         try:
             start_all([*self.etcd, *self.redis])
+            if self.secure is not None:  # etcd's RBAC: the nodes may touch their prefix only
+                self.secure.etcd_rbac(self.etcd[0].url, ETCD_PREFIX)
             start_all(list(self.nodes), timeout=60)
         except BaseException:
             self.stop()

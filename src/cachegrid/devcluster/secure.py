@@ -5,7 +5,9 @@ nodes trust), ``node.pem`` and ``node-key.pem`` (one certificate for every serve
 local cluster, nodes and replicas, valid for 127.0.0.1 and localhost, issued by that CA),
 ``tokens.json`` (one random token per scope: read, write, admin, peer), read by the nodes
 through ``security.tokens_file``, and the replicas' ACL (``users.acl``: the default user
-off, one user for the nodes with a random password, kept in ``store-password``).
+off, one user for the nodes with a random password, kept in ``store-password``); and, on
+a running etcd, its authentication (``etcd_rbac``: the nodes' certificate names their
+user, whose role reads and writes under the cluster's prefix only).
 
 Invariants:
 - Certificates come from ``trustme`` (built on ``cryptography``): nothing hand-rolled.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,10 @@ import trustme
 
 SCOPES = ("read", "write", "admin", "peer")
 
+
+# The etcd user the nodes are (etcd takes it from their certificate's CN), and its role:
+# read and write under the cluster's prefix, nothing else.
+ETCD_USER = "cachegrid"
 
 # The ACL user nodes reach the replicas as, and what it may do: the commands cachegrid
 # sends (its Lua scripts' included), on its own keys only; the default user is off.
@@ -64,7 +71,7 @@ class Secrets:
         made = cls(directory, {scope: secrets.token_urlsafe(24) for scope in SCOPES},
                    secrets.token_urlsafe(24))  # fmt: skip
         authority = trustme.CA(organization_name="cachegrid local cluster")
-        issued = authority.issue_cert(*hosts)
+        issued = authority.issue_cert(*hosts, common_name=ETCD_USER)
         authority.cert_pem.write_to_path(str(made.ca))
         issued.cert_chain_pems[0].write_to_path(str(made.cert))
         for extra in issued.cert_chain_pems[1:]:
@@ -84,6 +91,24 @@ class Secrets:
     def acl_file(self) -> Path:
         """The replicas' ACL (redis-server --aclfile)."""
         return self.directory / "users.acl"
+
+    def etcd_rbac(self, endpoint: str, prefix: str) -> None:
+        """Turn on etcd's authentication with one role: read and write under ``prefix``,
+        for the user named by the nodes' certificate. (Before auth is on, any client with
+        a certificate may do this; after, the nodes may touch nothing else.)"""
+        etcdctl = ["etcdctl", "--endpoints", endpoint, "--cacert", str(self.ca),
+                   "--cert", str(self.cert), "--key", str(self.key)]  # fmt: skip
+        password = secrets.token_urlsafe(24)  # never used: users are named by certificates
+        environment = {"ETCDCTL_API": "3", "PATH": os.environ.get("PATH", "")}
+        for command in (
+            ["user", "add", f"root:{password}"], ["user", "grant-role", "root", "root"],
+            ["role", "add", ETCD_USER],
+            ["role", "grant-permission", ETCD_USER, "--prefix=true", "readwrite", f"{prefix}/"],
+            ["user", "add", f"{ETCD_USER}:{password}"],
+            ["user", "grant-role", ETCD_USER, ETCD_USER], ["auth", "enable"],
+        ):  # fmt: skip
+            subprocess.run([*etcdctl, *command], check=True, capture_output=True, timeout=10,
+                           env=environment)  # fmt: skip
 
     def config_toml(self) -> str:
         return (f'[security]\ncert = "{self.cert}"\nkey = "{self.key}"\nca = "{self.ca}"\n'
