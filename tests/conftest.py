@@ -121,6 +121,7 @@ def start_cluster(
     etcd_args: tuple[str, ...] = (),
     netns: Netns | None = None,
     secure: bool = False,
+    security_config: str = "",
 ) -> Cluster:
     """Start a whole cluster; the caller stops it (``Cluster.stop``).
 
@@ -153,6 +154,9 @@ def start_cluster(
             node="lease_ttl = 2\nlease_margin = 0.3\n" + node_config,
         )
     )
+    if security_config:
+        config.write_text(config.read_text() + security_config)
+
     configs = [config] * nodes
     if via is not None:
         for index in range(nodes):
@@ -167,7 +171,7 @@ def start_cluster(
     def node(i: int) -> FaultyNode:
         if netns is None:
             return FaultyNode(base / f"node{i}", f"node{i}", ports.take(), configs[i],
-                              ca=made.ca if made else None)  # fmt: skip
+                              secure=made)  # fmt: skip
         # The others listen where node 0 can forward to them: the host side of its link.
         host, wrapper = (netns.inner, netns.wrapper) if i == 0 else (netns.outer, ())
         return FaultyNode(base / f"node{i}", f"node{i}", ports.take(), configs[i],

@@ -60,16 +60,18 @@ class _Retry(Exception):
 
 class Client:
     def __init__(self, urls: list[str], *, timeout: float = 5.0, attempts: int = 4,
-                 token: str | None = None, ca: str | None = None) -> None:  # fmt: skip
+                 token: str | None = None, ca: str | None = None, cert: str | None = None,
+                 key: str | None = None) -> None:  # fmt: skip
         """``token``: a bearer token (secure mode: scope read, or write to write); ``ca``:
-        the CA certificate to check https nodes with (default: the system's CAs)."""
+        the CA certificate to check https nodes with (default: the system's CAs); ``cert``
+        and ``key``: a client certificate, for nodes that require one (mutual TLS)."""
         if not urls:
             raise ValueError("a client needs at least one node URL")
         self.urls = [url.rstrip("/") for url in urls]
         # Owners are reached as the nodes given are: https if they are.
         self.scheme = "https" if self.urls[0].startswith("https://") else "http"
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._ca = ca
+        self._ca, self._cert, self._key = ca, cert, key
         self.timeout = timeout
         self.attempts = attempts
         self.ring: Ring | None = None
@@ -218,7 +220,11 @@ class Client:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            tls = ssl.create_default_context(cafile=self._ca) if self._ca else True
+            tls: ssl.SSLContext | bool = True
+            if self._ca or self._cert:
+                tls = ssl.create_default_context(cafile=self._ca)
+                if self._cert:
+                    tls.load_cert_chain(self._cert, self._key)
             self._session = httpclient.session(
                 timeout=aiohttp.ClientTimeout(total=self.timeout), headers=self._headers,
                 connector=aiohttp.TCPConnector(ssl=tls),

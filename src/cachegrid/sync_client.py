@@ -27,8 +27,10 @@ T = TypeVar("T")
 
 class SyncClient:
     def __init__(self, urls: list[str], *, timeout: float = 5.0, attempts: int = 4,
-                 token: str | None = None, ca: str | None = None) -> None:  # fmt: skip
-        self._client = Client(urls, timeout=timeout, attempts=attempts, token=token, ca=ca)
+                 token: str | None = None, ca: str | None = None, cert: str | None = None,
+                 key: str | None = None) -> None:  # fmt: skip
+        self._client = Client(urls, timeout=timeout, attempts=attempts, token=token, ca=ca,
+                              cert=cert, key=key)  # fmt: skip
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cachegrid-client",
                                         daemon=True)  # fmt: skip

@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 
 from cachegrid.config import Config
+from cachegrid.devcluster.servers import PortAllocator, bindable
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 CACHEGRID = str(Path(sys.executable).parent / "cachegrid")
@@ -99,3 +100,21 @@ def test_the_kv_session_runs_as_written(cluster, tmp_path: Path) -> None:
     # put, get, a CAS on an old version (2: precondition failed), delete, batch-get.
     assert codes[:4] == [0, 0, 2, 0], codes
     assert codes[4] in (0, 1), codes
+
+
+def test_the_secure_session_runs_as_written(ports: PortAllocator, tmp_path: Path) -> None:
+    """ "Running it securely": cachegrid up --secure, then curl, kv and admin with the CA
+    and tokens it wrote (only the base port is the test's)."""
+    (session,) = snippets("## Running it securely", "sh")
+    base = next(p for p in iter(ports.take, None)
+                if p + 30 < 32768 and all(bindable(p + i) for i in range(30)))  # fmt: skip
+    script = (session.replace("--base-port 25000", f"--base-port {base}")
+              .replace("https://127.0.0.1:25020", f"https://127.0.0.1:{base + 20}")
+              .replace("cachegrid ", f"{CACHEGRID} "))  # fmt: skip
+    done = run(["bash", "-c", script + "kill %1\nwait\n"], tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    # curl's answer (no newline after it), then cachegrid kv get k's value, among the
+    # lines cachegrid up prints; then the status table.
+    assert re.search(r'\{"key":"k","version":"[\d.]+"\}\n?1\n', done.stdout), done.stdout
+    lines = done.stdout.splitlines()
+    assert sum(re.match(r"node\d\s+serving ", line) is not None for line in lines) == 3, lines

@@ -307,3 +307,38 @@ def test_the_nodes_etcd_user_may_touch_its_prefix_only(secure: Cluster) -> None:
                    run("get", "--prefix", "/"), run("user", "list")):  # fmt: skip
         assert denied.returncode != 0, denied.stdout
         assert "permission denied" in denied.stderr, denied.stderr
+
+
+async def test_with_a_client_ca_only_clients_with_a_certificate_get_in(
+    tmp_path: Path, ports: PortAllocator
+) -> None:
+    """Mutual TLS (security.client_ca): a client without a certificate signed by the CA is
+    refused at the handshake; with one (and a token) it reads and writes, and the nodes,
+    which present theirs to each other, still forward."""
+    mutual = f'client_ca = "{tmp_path}/mutual/tls/ca.pem"\n'
+    cluster = start_cluster(tmp_path / "mutual", ports, secure=True, security_config=mutual)
+    try:
+        made = cluster.secure
+        assert made is not None
+        write = made.tokens["write"]
+        with pytest.raises(aiohttp.ClientError):
+            await call(cluster, "GET", "/v1/kv/k", token=write)  # no client certificate
+        async with Client(cluster.urls[:1], token=write, ca=str(made.ca), cert=str(made.cert),
+                          key=str(made.key)) as client:  # fmt: skip
+            for i in range(12):  # keys of every owner: forwards between nodes included
+                version = await client.put(f"m{i}", i)
+                item = await client.get(f"m{i}")
+                assert item is not None
+                assert item.version == version
+        context = ssl.create_default_context(cafile=str(made.ca))
+        context.load_cert_chain(str(made.cert), str(made.key))
+        owners = set()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
+            for i in range(12):  # all through node 0: the others' keys are forwarded
+                bearer = {"Authorization": f"Bearer {write}"}
+                async with http.get(f"{cluster.urls[0]}/v1/kv/m{i}", headers=bearer) as answer:
+                    assert answer.status == 200
+                    owners.add(answer.headers["X-Cachegrid-Node"])
+        assert len(owners) > 1
+    finally:
+        cluster.stop()

@@ -75,7 +75,7 @@ class LocalCluster:
                 f"node{i}",
                 base_port + NODE_OFFSET + i,
                 config,
-                ca=made.ca if made else None,
+                secure=made,
             )
             for i in range(nodes)
         ]

@@ -319,7 +319,7 @@ class NodeProcess(ServerProcess):
 
     def __init__(
         self, data_dir: Path, node_id: str, port: int, config: Path, *,
-        host: str = "127.0.0.1", wrapper: tuple[str, ...] = (), ca: Path | None = None,
+        host: str = "127.0.0.1", wrapper: tuple[str, ...] = (), secure: Secrets | None = None,
     ) -> None:  # fmt: skip
         super().__init__(data_dir)
         self.node_id = node_id
@@ -327,7 +327,7 @@ class NodeProcess(ServerProcess):
         self.config = config
         self.host = host
         self.wrapper = wrapper  # a command the node runs under (e.g. ip netns exec NS)
-        self.ca = ca  # with a CA the node serves HTTPS (cachegrid up --secure)
+        self.secure = secure  # the node serves HTTPS (cachegrid up --secure)
 
     @property
     def endpoint(self) -> str:
@@ -335,7 +335,7 @@ class NodeProcess(ServerProcess):
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.ca else 'http'}://{self.endpoint}"
+        return f"{'https' if self.secure else 'http'}://{self.endpoint}"
 
     def argv(self) -> list[str]:
         return [*self.wrapper, sys.executable, "-m", "cachegrid", "node",
@@ -344,7 +344,10 @@ class NodeProcess(ServerProcess):
 
     def is_ready(self) -> bool:
         try:
-            context = ssl.create_default_context(cafile=str(self.ca)) if self.ca else None
+            context = None
+            if self.secure is not None:  # with the certificate, for nodes that ask for one
+                context = ssl.create_default_context(cafile=str(self.secure.ca))
+                context.load_cert_chain(str(self.secure.cert), str(self.secure.key))
             with urllib.request.urlopen(f"{self.url}/readyz", timeout=0.5,
                                         context=context) as response:  # fmt: skip
                 return bool(response.status == 200)
