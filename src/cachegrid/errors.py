@@ -71,6 +71,12 @@ class TooLarge(CachegridError):
     status = 413
 
 
+class HeaderTooLarge(TooLarge):
+    """A request head (request line or header fields) over the server's limit (RFC 6585)."""
+
+    status = 431
+
+
 class Overloaded(CachegridError):
     code = "overloaded"
     status = 429

@@ -2,6 +2,8 @@
 
 import asyncio
 import random
+import re
+import socket
 from urllib.parse import quote
 
 import orjson
@@ -382,3 +384,29 @@ async def test_a_size_limit_names_its_setting(http, cluster, method, path, body,
                                 headers=headers)  # fmt: skip
     assert status == 413
     assert setting in got["error"]["message"], got
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "code"), [
+    (b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n", 431,
+     "too_large"),
+    (b"GET /v1/kv/" + b"k" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431, "too_large"),
+    (b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n", 400, "bad_request"),
+    (b"GET /v1/kv/a HTTP/9.9\r\nHost: x\r\n\r\n", 400, "bad_request"),
+    (b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", 400, "bad_request"),
+])  # fmt: skip
+def test_a_request_that_cannot_be_parsed_gets_a_json_error(cluster, request_bytes, status,
+                                                           code) -> None:  # fmt: skip
+    """Before any route runs, aiohttp refuses what it cannot parse: in the contract's JSON,
+    with the connection closed, never plain text (found in session 6: it was)."""
+    host, _, port = cluster.urls[0].removeprefix("http://").rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(request_bytes)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert re.match(rb"HTTP/1\.[01] %d " % status, head), answer
+    assert b"Content-Type: application/json" in head, head
+    error = orjson.loads(body)["error"]
+    assert error["code"] == code, error
+    assert error["request_id"]

@@ -30,9 +30,13 @@ from typing import cast
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
-from cachegrid.errors import Unavailable
+from cachegrid.errors import BadRequest, CachegridError, HeaderTooLarge, Unavailable
+from cachegrid.headers import JSON
+from cachegrid.http.framework import error_body
 from cachegrid.logs import Throttle
 from cachegrid.metrics import Count, Metrics
 
@@ -67,9 +71,10 @@ class _Refused(asyncio.Protocol):
 
 
 def _counting_timeouts(timed_out: Count) -> type[RequestHandler]:
-    """aiohttp's connection protocol, counting the connections its keep-alive timer closes.
+    """aiohttp's connection protocol, counting the connections its keep-alive timer closes
     (aiohttp has no hook for it: this wraps its private timer callback, which force-closes
-    an idle connection; tests/integration/test_connection_limits.py checks the count.)"""
+    an idle connection; tests/integration/test_connection_limits.py checks the count), and
+    answering a request it cannot parse in JSON (tests/integration/test_api.py)."""
 
     class TimedHandler(RequestHandler):
         __slots__ = ()
@@ -80,7 +85,31 @@ def _counting_timeouts(timed_out: Count) -> type[RequestHandler]:
             if self._force_close and not closing:
                 timed_out.inc()
 
+        def handle_error(self, request: BaseRequest, status: int = 500,
+                         exc: BaseException | None = None,
+                         message: str | None = None) -> web.StreamResponse:  # fmt: skip
+            """A request aiohttp could not parse (a head too large, a malformed line) or a
+            handler timeout: the contract's JSON error, not aiohttp's plain text, and no
+            traceback logged (a malformed request is the client's, not a bug)."""
+            if request.writer.output_size > 0:  # an answer was begun: nothing more to say
+                raise ConnectionError("the answer was begun; the connection is closed")
+            error = unparsed_error(status, message or "malformed request", exc)
+            answer = web.Response(status=error.status, body=error_body(error),
+                                  content_type=JSON)  # fmt: skip
+            answer.force_close()
+            return answer
+
     return TimedHandler
+
+
+def unparsed_error(status: int, reason: str, exc: BaseException | None) -> CachegridError:
+    """The error of a request aiohttp refused before any route ran: its status kept when it
+    is a client error (a head too large is 431, RFC 6585), else 503 (a handler timeout)."""
+    if isinstance(exc, LineTooLong):
+        return HeaderTooLarge(f"request head too large: {reason[:160]}")
+    if 400 <= status < 500:
+        return BadRequest(f"malformed request: {reason[:160]}")
+    return Unavailable(f"request not handled: {reason[:160]}")
 
 
 # Descriptors the process keeps beyond its connections: the store's and etcd's
