@@ -444,5 +444,11 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--secure", action="store_true",
+                        help="then what secure mode costs (bench/secure_cost.py)")  # fmt: skip
     arguments = parser.parse_args()
     main(arguments.seconds, arguments.connections, arguments.nodes)
+    if arguments.secure:
+        import secure_cost  # here: it imports this module
+
+        secure_cost.main(arguments.seconds)
