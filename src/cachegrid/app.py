@@ -21,7 +21,7 @@ from aiohttp import web
 
 from cachegrid import auth
 from cachegrid.budget import ByteBudget
-from cachegrid.config import Config, SecurityConfig
+from cachegrid.config import Config, ConfigError, SecurityConfig
 from cachegrid.coord.commands import Admin, Executor
 from cachegrid.coord.coordinator import Coordinator, CoordSettings
 from cachegrid.coord.etcd import Etcd, TlsFiles
@@ -57,6 +57,11 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     tokens = auth.load(security.read_tokens, security.write_tokens,
                        (settings.admin_token, *security.admin_tokens), security.peer_token,
                        security.tokens_file)  # fmt: skip
+    if not tokens.data_open and not tokens.peer_token:
+        # Forwards would be refused (401), and the peer-only routes and fields would be
+        # open to every client: a closed data API needs the peer token too.
+        raise ConfigError(["security.peer_token: needed once read or write tokens are set "
+                           "(nodes send it to each other)"])  # fmt: skip
     peer_tls = (
         tls.client_context(security.ca, security.cert, security.key) if security.tls else None
     )

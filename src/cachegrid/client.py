@@ -68,8 +68,12 @@ class Client:
         if not urls:
             raise ValueError("a client needs at least one node URL")
         self.urls = [url.rstrip("/") for url in urls]
-        # Owners are reached as the nodes given are: https if they are.
-        self.scheme = "https" if self.urls[0].startswith("https://") else "http"
+        # Owners are reached as the nodes given are: https if they are (never a mix, which
+        # would send the token in the clear to some).
+        schemes = {url.partition("://")[0] for url in self.urls}
+        if len(schemes) != 1 or not schemes <= {"http", "https"}:
+            raise ValueError(f"node URLs must all be http:// or all https://: {urls}")
+        self.scheme = schemes.pop()
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._ca, self._cert, self._key = ca, cert, key
         self.timeout = timeout

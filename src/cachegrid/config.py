@@ -117,7 +117,7 @@ class NodeConfig:
     # so a slow or hung owner cannot take every request slot (max_in_flight_requests).
     max_forwards_per_owner: int = 1024
     # Bearer token of the /admin API (empty: the admin API is disabled).
-    admin_token: str = ""
+    admin_token: str = field(default="", repr=False)
     # One log line per request answered (logger cachegrid.access: method, path, status,
     # milliseconds, cache result, request id, client address).
     access_log: bool = False
@@ -212,16 +212,16 @@ class SecurityConfig:
     # With no read or write token the data API asks for none. Better kept out of the
     # configuration: tokens_file names a JSON file {"read": [...], "write": [...],
     # "admin": [...], "peer": "..."} whose tokens are added to these.
-    read_tokens: tuple[str, ...] = ()
-    write_tokens: tuple[str, ...] = ()
-    admin_tokens: tuple[str, ...] = ()
-    peer_token: str = ""
+    read_tokens: tuple[str, ...] = field(default=(), repr=False)
+    write_tokens: tuple[str, ...] = field(default=(), repr=False)
+    admin_tokens: tuple[str, ...] = field(default=(), repr=False)
+    peer_token: str = field(default="", repr=False)
     tokens_file: str = ""
     # The store replicas over TLS (checked against ca, presenting cert and key) and as an
     # ACL user with a password (store_password_file: a file holding it, kept out of here).
     store_tls: bool = False
     store_user: str = ""
-    store_password: str = ""
+    store_password: str = field(default="", repr=False)
     store_password_file: str = ""
     # etcd over TLS (checked against ca, presenting cert and key as its client certificate).
     etcd_tls: bool = False
@@ -236,6 +236,8 @@ class SecurityConfig:
             found.append("security.cert, security.key: give both, or neither")
         if self.cert and not self.ca:
             found.append("security.ca: needed with security.cert (peers are checked with it)")
+        if self.client_ca and not self.cert:
+            found.append("security.client_ca: needs security.cert and key (mutual TLS is TLS)")
         if (self.store_tls or self.etcd_tls) and not (self.ca and self.cert):
             found.append("security.store_tls, etcd_tls: need security.ca, cert and key")
         for name in ("cert", "key", "ca", "client_ca", "tokens_file", "store_password_file"):

@@ -410,3 +410,27 @@ def test_a_request_that_cannot_be_parsed_gets_a_json_error(cluster, request_byte
     error = orjson.loads(body)["error"]
     assert error["code"] == code, error
     assert error["request_id"]
+
+
+async def test_a_forward_names_the_key_checked_not_the_clients_raw_path(http, cluster) -> None:
+    """A client's dot segments ("a/../b") are part of its key; forwarded to the owner, the
+    write must reach that key, not the path they resolve to (found by the secure-mode
+    review of session 6: the raw path was forwarded, and the client library resolved it)."""
+    ring = await ring_of(http, cluster)
+    tricky = next(k for k in (f"dots-{i}/../b{i}" for i in range(200))
+                  if ring.owner(k) != "node0")  # fmt: skip
+    resolved = tricky.rpartition("/")[2]  # what "dots-i/../bi" resolves to
+    host, _, port = cluster.urls[0].removeprefix("http://").rpartition(":")
+    body = b'{"value": "tricky"}'
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(b"PUT /v1/kv/%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                     % (tricky.encode(), len(body), body))  # fmt: skip
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    status, _, got = await call(http, "GET", f"{cluster.urls[0]}/v1/kv/{quote(tricky, safe='')}")
+    assert (status, got["value"]) == (200, "tricky"), got
+    status, _, _ = await call(http, "GET", f"{cluster.urls[0]}/v1/kv/{resolved}")
+    assert status == 404  # nothing was written there

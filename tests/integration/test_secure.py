@@ -1,10 +1,12 @@
-"""Secure mode (issue 15), against real nodes started as ``cachegrid up --secure`` starts
-them: HTTPS with certificates from a generated CA, node-to-node forwards over HTTPS with
-the peer token, and scoped bearer tokens: read, write, admin. (Redis and etcd over TLS are
-not built yet.)"""
+"""Secure mode (issue 15), against real processes started as ``cachegrid up --secure``
+starts them: HTTPS with certificates from a generated CA (mutual TLS too), node-to-node
+forwards over HTTPS with the peer token, scoped bearer tokens (read, write, admin, peer),
+the store replicas over TLS behind an ACL user, etcd over TLS with client certificates and
+RBAC."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import socket
@@ -21,6 +23,7 @@ import trustme
 
 from cachegrid.client import Client
 from cachegrid.devcluster.servers import PortAllocator
+from cachegrid.ring import Ring
 from tests.conftest import Cluster, start_cluster
 
 
@@ -342,3 +345,44 @@ async def test_with_a_client_ca_only_clients_with_a_certificate_get_in(
         assert len(owners) > 1
     finally:
         cluster.stop()
+
+
+def test_a_closed_data_api_without_a_peer_token_does_not_start(
+    tmp_path: Path, ports: PortAllocator
+) -> None:
+    """Read or write tokens without a peer token would leave forwards refused and the
+    peer-only routes open to any client: the node refuses to start, and says why."""
+    config = tmp_path / "cachegrid.toml"
+    config.write_text('[etcd]\nendpoints = ["127.0.0.1:9"]\n[store]\nreplicas = ["127.0.0.1:9"]\n'
+                      '[security]\nwrite_tokens = ["w"]\n')  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "cachegrid", "node", "--config", str(config),
+         "--listen", f"127.0.0.1:{ports.take()}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "security.peer_token: needed once read or write tokens are set" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+async def test_with_a_peer_token_and_an_open_data_api_read_leases_still_work(
+    fresh_cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the peer token set (the data API open): a node's lease asks, which carry it,
+    are granted, and hot reads through a non-owner become replica hits, with no error
+    (found by the review of session 6: every forwarded batch with an ask got a 400)."""
+    monkeypatch.setenv("CACHEGRID_SECURITY_PEER_TOKEN", "peers-only")
+    cluster = await asyncio.to_thread(fresh_cluster)
+    caches = []
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{cluster.urls[0]}/v1/ring") as response:
+            ring = Ring.from_description(await response.json())
+        key = next(k for k in (f"hot-{i}" for i in range(100)) if ring.owner(k) != "node1")
+        async with http.put(f"{cluster.urls[0]}/v1/kv/{key}", json={"value": 1}) as response:
+            assert response.status == 200
+        for _ in range(300):
+            async with http.get(f"{cluster.urls[1]}/v1/kv/{key}") as response:
+                assert response.status == 200, await response.text()
+                caches.append(response.headers["X-Cache"])
+            await asyncio.sleep(0.005)
+    assert "replica" in caches, caches[-20:]

@@ -34,7 +34,7 @@ def target(url: str | None, token: str | None, cluster_json: Path,
     """The node URL, token and CA to use: the flags, else from cluster.json (the first
     node, the admin token, and the CA of a secure cluster)."""
     if url and "://" not in url:
-        url = f"http://{url}"  # host:port is enough
+        url = f"{'https' if ca else 'http'}://{url}"  # host:port is enough; with a CA, TLS
     if url and token:
         return Target(url.rstrip("/"), token, ca)
     try:

@@ -147,8 +147,9 @@ def _call(ctx: click.Context, call: Callable[[SyncClient], Any]) -> Any:
 def _connection(ctx: click.Context) -> tuple[list[str], str | None, str | None]:
     """The node URLs, token and CA: with --url, the flags; else cluster.json's (its
     nodes, and the write token and the CA of a secure cluster), the flags first."""
-    urls = [url if "://" in url else f"http://{url}" for url in ctx.obj["urls"]]
     token, ca = ctx.obj["token"], ctx.obj["ca"]
+    scheme = "https" if ca else "http"  # host:port is enough; with a CA, over TLS
+    urls = [url if "://" in url else f"{scheme}://{url}" for url in ctx.obj["urls"]]
     if urls:
         return urls, token, ca
     path: Path = ctx.obj["cluster"]

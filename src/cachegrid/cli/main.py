@@ -81,6 +81,8 @@ async def _serve_until_signalled(settings: config.Config) -> None:
         await app.serve(settings, stop)
     except DuplicateNodeId as error:
         raise click.ClickException(error.message) from error
+    except config.ConfigError as error:  # found once files named by the config are read
+        raise click.ClickException(str(error)) from error
     except EtcdUnavailable as error:  # at start, or etcd gone for longer than the lease
         endpoints = ", ".join(settings.etcd.endpoints)
         raise click.ClickException(f"etcd unreachable (etcd.endpoints: {endpoints}): "

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from cachegrid.config import EtcdConfig
-from cachegrid.devcluster.secure import Secrets
+from cachegrid.devcluster.secure import Secrets, private
 from cachegrid.devcluster.servers import (
     EtcdServer,
     NodeProcess,
@@ -97,9 +97,10 @@ class LocalCluster:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.manifest_path.unlink(missing_ok=True)
-        (self.data_dir / "cachegrid.toml").write_text(self.config_toml())
+        # Both hold tokens (the admin token; a secure cluster's every token): owner only.
+        private(self.data_dir / "cachegrid.toml", self.config_toml().encode())
         self.start_processes()
-        self.manifest_path.write_bytes(orjson.dumps(self.manifest(), option=orjson.OPT_INDENT_2))
+        private(self.manifest_path, orjson.dumps(self.manifest(), option=orjson.OPT_INDENT_2))
 
     def start_processes(self) -> None:
         """etcd and the replicas, then the nodes (once there is a store to judge and an

@@ -36,9 +36,10 @@ ETCD_USER = "cachegrid"
 # The ACL user nodes reach the replicas as, and what it may do: the commands cachegrid
 # sends (its Lua scripts' included), on its own keys only; the default user is off.
 STORE_USER = "cachegrid"
+# (Not CONFIG GET: it would show every setting; a node then assumes appendfsync everysec,
+# the weaker policy, for what it decides on the replicas' durability.)
 STORE_RULES = ("~cg:* ~cg-meta:* resetchannels -@all +ping +hello +auth "
-               "+info +config|get +get +set +del +hmget +hset +eval +evalsha +script|load "
-               "+scan")  # fmt: skip
+               "+info +get +set +del +hmget +hset +evalsha +script|load +scan")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,10 @@ class Secrets:
         issued.cert_chain_pems[0].write_to_path(str(made.cert))
         for extra in issued.cert_chain_pems[1:]:
             extra.write_to_path(str(made.cert), append=True)
-        _private(made.key, issued.private_key_pem.bytes())
-        _private(made.tokens_file, json.dumps(made.tokens).encode())
-        _private(made.store_password_file, made.store_password.encode())
-        _private(made.acl_file, (f"user default off\nuser {STORE_USER} on "
+        private(made.key, issued.private_key_pem.bytes())
+        private(made.tokens_file, json.dumps(made.tokens).encode())
+        private(made.store_password_file, made.store_password.encode())
+        private(made.acl_file, (f"user default off\nuser {STORE_USER} on "
                                  f">{made.store_password} {STORE_RULES}\n").encode())  # fmt: skip
         return made
 
@@ -98,13 +99,12 @@ class Secrets:
         a certificate may do this; after, the nodes may touch nothing else.)"""
         etcdctl = ["etcdctl", "--endpoints", endpoint, "--cacert", str(self.ca),
                    "--cert", str(self.cert), "--key", str(self.key)]  # fmt: skip
-        password = secrets.token_urlsafe(24)  # never used: users are named by certificates
         environment = {"ETCDCTL_API": "3", "PATH": os.environ.get("PATH", "")}
-        for command in (
-            ["user", "add", f"root:{password}"], ["user", "grant-role", "root", "root"],
+        for command in (  # users without passwords: only a certificate's CN names them
+            ["user", "add", "root", "--no-password"], ["user", "grant-role", "root", "root"],
             ["role", "add", ETCD_USER],
             ["role", "grant-permission", ETCD_USER, "--prefix=true", "readwrite", f"{prefix}/"],
-            ["user", "add", f"{ETCD_USER}:{password}"],
+            ["user", "add", ETCD_USER, "--no-password"],
             ["user", "grant-role", ETCD_USER, ETCD_USER], ["auth", "enable"],
         ):  # fmt: skip
             subprocess.run([*etcdctl, *command], check=True, capture_output=True, timeout=10,
@@ -117,7 +117,9 @@ class Secrets:
                 f'store_password_file = "{self.store_password_file}"\n')  # fmt: skip
 
 
-def _private(path: Path, data: bytes) -> None:
+def private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, readable and writable by its owner only."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # an older file keeps its mode otherwise
     with os.fdopen(descriptor, "wb") as file:
         file.write(data)

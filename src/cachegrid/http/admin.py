@@ -284,7 +284,8 @@ class AdminApi:
     def _auth(self, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> Answer:
             if not self._own_token:
-                raise Forbidden("the admin API is disabled: set node.admin_token")
+                raise Forbidden("the admin API is disabled: set node.admin_token (or "
+                                "security.admin_tokens)")  # fmt: skip
             self.tokens.check(request.headers.get("Authorization"), Scope.ADMIN)
             if request.method == "GET":
                 return await handler(request)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 import orjson
 from aiohttp import web
@@ -264,7 +264,7 @@ class Api:
         try:
             version = await self.node.put(key, value, condition)
         except NotOwner as moved:
-            return await self._forward(request, moved, await request.read())
+            return await self._forward(request, key, moved, await request.read())
         return self._written(key, version)
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
@@ -275,8 +275,18 @@ class Api:
         try:
             version = await self.node.delete(key, condition)
         except NotOwner as moved:
-            return await self._forward(request, moved)
+            return await self._forward(request, key, moved)
         return self._written(key, version)
+
+    def _from_peer(self, request: web.Request) -> bool:
+        """True if the request may speak for a node: it carries the peer token, or the
+        nodes have none (the data API may be open while peers have their token)."""
+        if not self.tokens.peer_required:
+            return True
+        try:
+            return self.tokens.scope_of(request.headers.get("Authorization")) is Scope.PEER
+        except CachegridError:
+            return False
 
     def _count_write(self, request: web.Request, key: str) -> None:
         """Counted where the client sent it, not again at the owner it is forwarded to."""
@@ -291,8 +301,7 @@ class Api:
         detail = document.get("detail", False)
         if not isinstance(detail, bool):
             raise BadRequest('"detail" must be true or false')
-        from_peer = not self.tokens.peer_required or request.get("scope") is Scope.PEER
-        ask = lease_ask(document.get("lease"), hops(request), detail, from_peer)
+        ask = lease_ask(document.get("lease"), hops(request), detail, self._from_peer(request))
         if len(keys) > self.limits.max_batch:
             raise TooLarge(f"{len(keys)} keys in one batch, the limit is {self.limits.max_batch} "
                            "(node.max_batch_keys)")  # fmt: skip
@@ -359,11 +368,15 @@ class Api:
         )
 
     async def _forward(
-        self, request: web.Request, moved: NotOwner, body: bytes = b""
+        self, request: web.Request, key: str, moved: NotOwner, body: bytes = b""
     ) -> web.Response:
         headers = {h: request.headers[h] for h in FORWARDED if h in request.headers}
+        # The path is made from the key as checked here, never the client's raw path: a
+        # client's dot segments ("a/../b") would be resolved on the way and reach another
+        # key, or another route, with the peer token.
+        path = KV_PATH + quote(key, safe="")
         answer = await self.router.forward(
-            request.method, moved, request.raw_path, hops=hops(request), body=body, headers=headers
+            request.method, moved, path, hops=hops(request), body=body, headers=headers
         )
         return forwarded(answer, moved)
 

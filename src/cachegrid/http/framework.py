@@ -234,9 +234,12 @@ async def send(request: web.Request, body: bytes, headers: dict[str, str],
 def hops(request: web.Request) -> int:
     """How many times the request was forwarded already (``X-Cachegrid-Hops``)."""
     try:
-        return int(request.headers.get(HOPS_HEADER, "0"))
+        count = int(request.headers.get(HOPS_HEADER, "0"))
     except ValueError as error:
         raise BadRequest(f"{HOPS_HEADER} must be an integer") from error
+    if count < 0:  # would stretch the hop limit
+        raise BadRequest(f"{HOPS_HEADER} must not be negative")
+    return count
 
 
 def error_body(error: CachegridError) -> bytes:

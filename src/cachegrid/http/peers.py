@@ -18,6 +18,7 @@ from __future__ import annotations
 import ssl
 
 import aiohttp
+from yarl import URL
 
 from cachegrid import httpclient, requestids
 from cachegrid.errors import Indeterminate, Unavailable
@@ -91,7 +92,11 @@ class Forwarder:
         writing = not read and method not in ("GET", "HEAD")
         try:
             async with self._session.request(
-                method, f"{self.scheme}://{addr}{path}", data=body or None, headers=sent_headers
+                # encoded: the path goes as given (yarl would resolve dot segments).
+                method,
+                URL(f"{self.scheme}://{addr}{path}", encoded=True),
+                data=body or None,
+                headers=sent_headers,
             ) as response:
                 payload = await response.read()
                 passed = {h: response.headers[h] for h in PASSED_BACK if h in response.headers}
