@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from cachegrid.devcluster.secure import Secrets
@@ -73,3 +75,37 @@ def etcd_cluster(
         )
         for name, peer_port in zip(names, peer_ports, strict=True)
     ]
+
+
+def node_that_fails(config: str, tmp_path: Path, ports: PortAllocator) -> str:
+    """Run ``cachegrid node`` with ``config`` (etcd and the replicas nowhere to be found,
+    at 127.0.0.1:9, unless it says otherwise): it must exit 1 with a message and no
+    traceback; what it wrote to stderr."""
+    path = tmp_path / "cachegrid.toml"
+    path.write_text('[etcd]\nendpoints = ["127.0.0.1:9"]\n'
+                    '[store]\nreplicas = ["127.0.0.1:9"]\n' + config)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "cachegrid", "node", "--config", str(path),
+         "--listen", f"127.0.0.1:{ports.take()}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    return done.stderr
+
+
+def schemathesis_finds_nothing(spec_url: str, authorization: str, *options: str) -> None:
+    """Fuzz a live node against its OpenAPI description (bounded, fixed seed), with the
+    server-error, status, content-type and response-schema checks; drain and rebalance
+    are left out (they change the cluster under the rest; they have their own tests)."""
+    command = [
+        str(Path(sys.executable).parent / "schemathesis"), "run", spec_url,
+        "-H", f"Authorization: {authorization}",
+        "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                    "response_schema_conformance",
+        "--seed", "1", "--workers", "2",
+        "--exclude-path", "/admin/drain", "--exclude-path", "/admin/rebalance", *options,
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "generated" in run.stdout, run.stdout[-2000:]

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ import aiohttp
 
 from cachegrid.devcluster.servers import PortAllocator
 from tests.conftest import Cluster
+from tests.processes import node_that_fails
 
 ACCESS_LOG = "access_log = true\nread_lease_threshold = 0\n"
 
@@ -128,16 +126,5 @@ async def test_the_node_logs_its_life_ring_changes_and_admin_actions(fresh_clust
 def test_a_node_that_cannot_reach_etcd_says_so_without_a_traceback(
     tmp_path: Path, ports: PortAllocator
 ) -> None:
-    config = tmp_path / "cachegrid.toml"
-    config.write_text('[etcd]\nendpoints = ["127.0.0.1:9"]\n'
-                      '[store]\nreplicas = ["127.0.0.1:9"]\n')  # fmt: skip
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "cachegrid", "node", "--config", str(config),
-         "--listen", f"127.0.0.1:{ports.take()}"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 1, done.stderr[-2000:]
-    assert "Error: etcd unreachable (etcd.endpoints: 127.0.0.1:9)" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert time.monotonic() - started < 60
+    said = node_that_fails("", tmp_path, ports)  # (tests/processes.py)
+    assert "Error: etcd unreachable (etcd.endpoints: 127.0.0.1:9)" in said
