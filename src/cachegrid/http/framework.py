@@ -115,7 +115,7 @@ def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics,
             cache = response.headers.get("X-Cache", "")
         record(response.status, cache if cache in latency else "", started)
         if access_log:
-            log_access(request, response, route, time.perf_counter() - started)
+            log_access(request, response.status, cache, route, time.perf_counter() - started)
         request_id = requestids.known()
         if request_id is not None and not isinstance(response, EncodedResponse):
             response.headers[requestids.HEADER] = request_id
@@ -164,17 +164,14 @@ def authorized(handler: Handler, tokens: Tokens, needed: Scope) -> Handler:
     return checked
 
 
-def log_access(request: web.Request, response: Answer, route: str, seconds: float) -> None:
+def log_access(request: web.Request, status: int, cache: str, route: str,
+               seconds: float) -> None:  # fmt: skip
     """One access-log line: what was asked, by whom, and how it was answered."""
-    if isinstance(response, EncodedResponse):
-        cache = response.cache
-    else:
-        cache = response.headers.get("X-Cache", "")
     path, ms = request.path_qs[:300], round(seconds * 1000, 3)
     access.info(
-        "%s %s %d %s %.3f ms", request.method, path, response.status, cache or "-", ms,
+        "%s %s %d %s %.3f ms", request.method, path, status, cache or "-", ms,
         extra={"event": "access", "method": request.method, "path": path, "route": route,
-               "status": response.status, "cache": cache or None, "ms": ms,
+               "status": status, "cache": cache or None, "ms": ms,
                "remote": request.remote, "request_id": requestids.current()},
     )  # fmt: skip
 
