@@ -106,7 +106,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         max_batch_bytes=settings.max_batch_bytes, write_timeout=settings.write_timeout,
         access_log=settings.access_log,
     )  # fmt: skip
-    Api(node, coordinator, router, limits, traffic, tokens).add_routes(app)
+    api = Api(node, coordinator, router, limits, traffic, tokens)
+    api.add_routes(app)
     admin_api.add_routes(app)
     add_not_found(app)
     add_gauges(metrics, coordinator, node, store, router.budget, holder)
@@ -117,7 +118,10 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.idle_timeout)
     await runner.setup()
     assert runner.server is not None  # set up just above
-    listener = Listener(runner.server, settings.max_connections, metrics)
+    # The hit lane answers plain hits ahead of aiohttp (http/lane.py); not with the access
+    # log on, whose lines the routes' guard writes.
+    hits = api.lane_hit if settings.hit_lane and not settings.access_log else None
+    listener = Listener(runner.server, settings.max_connections, metrics, hits)
     metrics.gauge("cachegrid_open_connections",
                   "Client connections open (node.max_connections: more are refused).",
                   lambda: listener.open)  # fmt: skip

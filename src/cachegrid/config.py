@@ -121,6 +121,10 @@ class NodeConfig:
     # One log line per request answered (logger cachegrid.access: method, path, status,
     # milliseconds, cache result, request id, client address).
     access_log: bool = False
+    # Plain cache hits answered straight from the connection's bytes (the hit lane:
+    # docs/performance.md), the same answers as the routes give, faster. Off: every request
+    # takes the routes (for comparison). With access_log on, it is off.
+    hit_lane: bool = True
     # The inconsistency detector re-reads one cache hit in this many from the store (0: off),
     # and at most this many per second.
     stale_check_every: int = 100

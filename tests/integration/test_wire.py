@@ -118,6 +118,8 @@ async def test_a_client_that_does_not_read_cannot_make_the_node_buffer(http, clu
     (key,) = await owned_keys(http, url, 1, "big")
     async with http.put(f"{url}/v1/kv/{key}", json={"value": "x" * (60 << 10)}) as response:
         assert response.status == 200
+    async with http.get(f"{url}/v1/kv/{key}") as response:  # cached: every GET is a hit
+        assert response.headers["X-Cache"] in ("hit", "miss")
     before = resident_bytes(pid)
     hits_before = await hits(http, url)
     parts = urlsplit(url)

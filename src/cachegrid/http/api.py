@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -43,6 +44,7 @@ from cachegrid.http.conditions import condition_of
 from cachegrid.http.framework import (
     Admission,
     Answer,
+    Recorder,
     Routes,
     Table,
     add_table,
@@ -137,6 +139,31 @@ class Api:
         self._hit_prefix = HitPrefix(self.node_id, "hit")
         self._miss_prefix = HitPrefix(self.node_id, "miss")
         self._replica_prefixes: dict[str, HitPrefix] = {}  # by owner (one per member)
+        self._get_metrics = Recorder(node.metrics, f"GET {KV_ROUTE}")  # the route's own
+
+    def lane_hit(self, key: str, authorization: str | None) -> bytes | None:
+        """The whole answer to a plain ``GET /v1/kv/{key}`` if it is a hit here (a value
+        this node serves from its cache, or a live read-lease copy), for the hit lane
+        (http/lane.py); None for anything else, which then takes the route. The same bytes,
+        metrics, counting and refusals as the route: a token that may not read, and a node
+        at its admission limit (429), are the route's to answer."""
+        started = time.perf_counter()
+        if not self.tokens.data_open:
+            try:
+                self.tokens.check(authorization, Scope.READ)
+            except CachegridError:
+                return None
+        if self.admission.current >= self.admission.limit:
+            return None
+        if (copy := self.router.replica(key)) is not None:
+            answer, cache = self._replica_prefix(copy.owner).current() + copy.entry, "replica"
+        elif (entry := self.node.hit(key, tombstones=False)) is not None:
+            answer, cache = self._hit_prefix.current() + entry, "hit"
+        else:
+            return None
+        self.traffic.reads.add(key)
+        self._get_metrics.record(200, cache, started)
+        return answer
 
     def add_routes(self, app: web.Application) -> None:
         """Every route, each with a JSON 405 for other methods; a JSON 404 for the rest."""
@@ -225,17 +252,19 @@ class Api:
         """The 200 answer from a read-lease copy (the copy is never a tombstone)."""
         entry = copy.entry
         if encoded and usable(request):
-            prefix = self._replica_prefixes.get(copy.owner)
-            if prefix is None:
-                if len(self._replica_prefixes) > 1024:  # departed owners do not pile up
-                    self._replica_prefixes.clear()
-                prefix = self._replica_prefixes[copy.owner] = HitPrefix(
-                    copy.owner, "replica", self.node_id
-                )
-            return EncodedResponse(prefix.current() + entry, "replica")
+            return EncodedResponse(self._replica_prefix(copy.owner).current() + entry,
+                                   "replica")  # fmt: skip
         headers = {"ETag": entry.etag, "X-Cache": "replica", NODE_HEADER: copy.owner,
                    REPLICA_HEADER: self.node_id}  # fmt: skip
         return web.Response(body=entry.body, content_type=JSON, headers=headers)
+
+    def _replica_prefix(self, owner: str) -> HitPrefix:
+        prefix = self._replica_prefixes.get(owner)
+        if prefix is None:
+            if len(self._replica_prefixes) > 1024:  # departed owners do not pile up
+                self._replica_prefixes.clear()
+            prefix = self._replica_prefixes[owner] = HitPrefix(owner, "replica", self.node_id)
+        return prefix
 
     async def put(self, request: web.Request) -> web.StreamResponse:
         key = key_of(request)

@@ -96,16 +96,8 @@ def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics,
     """The handler, with every error turned into its JSON response, measured, and (with
     ``admission``) refused with 429 while the node already works on too many requests; its
     request id set while it runs; with ``access_log``, one log line per answer."""
-    latency = {cache: metrics.requests.labels(route, cache)
-               for cache in ("hit", "miss", "replica", "")}  # fmt: skip
-    responses: dict[int, Count] = {}
-
-    def record(status: int, cache: str, started: float) -> None:
-        latency[cache].observe(time.perf_counter() - started)
-        counter = responses.get(status)
-        if counter is None:
-            counter = responses[status] = metrics.responses.labels(route, str(status))
-        counter.inc()
+    recorder = Recorder(metrics, route)
+    record, latency = recorder.record, recorder.latency
 
     def finish(request: web.Request, response: Answer, started: float) -> Answer:
         """Measure the answer, log it (access log), and name its request in it."""
@@ -151,6 +143,30 @@ def guarded(handler: Handler, node_id: str, route: str, metrics: Metrics,
             requestids.end(token)
 
     return run
+
+
+class Recorder:
+    """The latency and status metrics of one route's answers."""
+
+    __slots__ = ("_metrics", "_responses", "_route", "latency")
+
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        self.latency = {cache: metrics.requests.labels(route, cache)
+                        for cache in ("hit", "miss", "replica", "")}  # fmt: skip
+        self._responses: dict[int, Count] = {}
+        self._metrics, self._route = metrics, route
+
+    def __repr__(self) -> str:
+        return f"<Recorder {self._route}>"
+
+    def record(self, status: int, cache: str, started: float) -> None:
+        """One answer: its latency since ``started`` (perf_counter) and its status."""
+        self.latency[cache].observe(time.perf_counter() - started)
+        counter = self._responses.get(status)
+        if counter is None:
+            counter = self._responses[status] = self._metrics.responses.labels(
+                self._route, str(status))  # fmt: skip
+        counter.inc()
 
 
 def authorized(handler: Handler, tokens: Tokens, needed: Scope) -> Handler:

@@ -3,7 +3,8 @@
 Owns: accepting connections for the aiohttp server (instead of aiohttp's ``TCPSite``), and
 refusing those past ``max_connections``: each gets a complete JSON 503 answer with
 ``Retry-After`` and ``Connection: close``, and is closed at once, so a flood of connections
-can neither exhaust the process's file descriptors nor starve the connections it has.
+can neither exhaust the process's file descriptors nor starve the connections it has. Each
+connection served runs aiohttp's protocol with the hit lane (http/lane.py) in front of it.
 
 Invariants:
 - At most ``max_connections`` connections are served at once (counted as aiohttp's server
@@ -16,6 +17,9 @@ Invariants:
   connection it cannot accept and goes on serving those it has, silently under uvloop. So
   the listener raises the soft limit toward the hard one at start, and checks once a second
   how close the process is to it, with a rate-limited warning when near.
+- The lane's answers obey the same rules as aiohttp's: written only while aiohttp is idle,
+  each one restarting the idle timer, and past the transport's high-water mark the
+  connection is read no further until the client has read them (back-pressure).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import logging
 import os
 import resource
 import ssl
-from typing import cast
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -37,6 +41,8 @@ from aiohttp.web_request import BaseRequest
 from cachegrid.errors import BadRequest, CachegridError, HeaderTooLarge, Unavailable
 from cachegrid.headers import JSON
 from cachegrid.http.framework import error_body
+from cachegrid.http.lane import HitSource, Lane
+from cachegrid.http.wire import HIGH_WATER
 from cachegrid.logs import Throttle
 from cachegrid.metrics import Count, Metrics
 
@@ -70,14 +76,63 @@ class _Refused(asyncio.Protocol):
         """Dropped."""
 
 
-def _counting_timeouts(timed_out: Count) -> type[RequestHandler]:
-    """aiohttp's connection protocol, counting the connections its keep-alive timer closes
+def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHandler]:
+    """aiohttp's connection protocol, with the hit lane (http/lane.py) in front of its
+    parser when ``hits`` is given; counting the connections its keep-alive timer closes
     (aiohttp has no hook for it: this wraps its private timer callback, which force-closes
     an idle connection; tests/integration/test_connection_limits.py checks the count), and
     answering a request it cannot parse in JSON (tests/integration/test_api.py)."""
 
-    class TimedHandler(RequestHandler):
-        __slots__ = ()
+    class DataHandler(RequestHandler):
+        __slots__ = ("_lane", "_lane_held")
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._lane = Lane(hits) if hits is not None else None
+            self._lane_held = False  # reading paused by the lane, for its answers to drain
+
+        def data_received(self, data: bytes) -> None:
+            lane = self._lane
+            if lane is None or self._force_close or self._close:
+                super().data_received(data)
+                return
+            if lane.open and self._idle():
+                answers, taken = lane.take(data, HIGH_WATER)
+                if answers:
+                    self._send(answers)
+                if taken == len(data):
+                    return
+                data = data[taken:]
+            else:
+                lane.follow(data)
+            super().data_received(data)
+
+        def _idle(self) -> bool:
+            """aiohttp waits for a request and has none queued: no answer of its own is
+            being made or written, so the lane's cannot overtake or cut into one."""
+            waiter = self._waiter
+            return waiter is not None and not waiter.done() and not self._messages
+
+        def _send(self, answers: list[bytes]) -> None:
+            transport = self.transport
+            if transport is None:
+                return
+            transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
+            # An answer is activity: the idle timer (node.idle_timeout) runs from it, as
+            # from aiohttp's own answers.
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+            if self._paused and not self._lane_held:
+                # Past the transport's high-water mark: read no more requests until the
+                # client has read the answers (back-pressure, as aiohttp's drain).
+                self._lane_held = True
+                self._pause_transport_reading()
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._lane_held:
+                self._lane_held = False
+                if not self._buffer_paused and not self._reading_paused:
+                    self._resume_transport_reading()
 
         def _process_keepalive(self) -> None:
             closing = self._force_close
@@ -99,7 +154,7 @@ def _counting_timeouts(timed_out: Count) -> type[RequestHandler]:
             answer.force_close()
             return answer
 
-    return TimedHandler
+    return DataHandler
 
 
 def unparsed_error(status: int, reason: str, exc: BaseException | None) -> CachegridError:
@@ -175,9 +230,10 @@ class DescriptorWatch:
 
 
 class Listener:
-    def __init__(self, server: web.Server, max_connections: int, metrics: Metrics) -> None:
+    def __init__(self, server: web.Server, max_connections: int, metrics: Metrics,
+                 hits: HitSource | None = None) -> None:  # fmt: skip
         self._server_protocols = server
-        self._handler = _counting_timeouts(metrics.connections_timed_out)
+        self._handler = _handler_class(metrics.connections_timed_out, hits)
         self.max_connections = max_connections
         self._refused = metrics.connections_refused
         self._socket_server: asyncio.Server | None = None
@@ -197,7 +253,7 @@ class Listener:
         if self.open >= self.max_connections:
             self._refused.inc()
             return _Refused()
-        # As aiohttp's Server.__call__ does, with the handler class that counts timeouts.
+        # As aiohttp's Server.__call__ does, with the handler class above.
         server = self._server_protocols
         return self._handler(server, loop=server._loop, **server._kwargs)
 

@@ -188,12 +188,13 @@ class Node:
 
     # -- reads --------------------------------------------------------------------------
 
-    def hit(self, key: str) -> Entry | None:
+    def hit(self, key: str, *, tombstones: bool = True) -> Entry | None:
         """The cached entry of ``key`` if this node may serve it now; no I/O, no await.
-        Only valid keys are ever cached, so the caller may look here before validating."""
+        Only valid keys are ever cached, so the caller may look here before validating.
+        Without ``tombstones``, a cached tombstone is not a hit (and not counted one)."""
         if self.owner.can_serve(key):
             entry = self.cache.get(key)
-            if entry is not None:
+            if entry is not None and (tombstones or not entry.tombstone):
                 self._hit.inc()
                 self.detector.sample(key)
                 return entry
