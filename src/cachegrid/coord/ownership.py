@@ -83,7 +83,8 @@ class Ownership:
         activated = self._activated
         if activated is None or activated.owner(key) != self.node_id:
             return False
-        return all(ring.owner(key) == self.node_id for ring in self._pending)
+        pending = self._pending  # (usually none: no generator made on every hit then)
+        return not pending or all(ring.owner(key) == self.node_id for ring in pending)
 
     def is_owner(self, key: str) -> bool:
         """Owner under the newest ring, active or not (such requests wait, not forward)."""

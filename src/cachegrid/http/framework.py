@@ -164,9 +164,16 @@ class Recorder:
         self.latency[cache].observe(time.perf_counter() - started)
         counter = self._responses.get(status)
         if counter is None:
+            counter = self.responses(status)
+        counter.inc()
+
+    def responses(self, status: int) -> Count:
+        """The series counting this route's answers of ``status``."""
+        counter = self._responses.get(status)
+        if counter is None:
             counter = self._responses[status] = self._metrics.responses.labels(
                 self._route, str(status))  # fmt: skip
-        counter.inc()
+        return counter
 
 
 def authorized(handler: Handler, tokens: Tokens, needed: Scope) -> Handler:

@@ -36,9 +36,10 @@ import httptools
 # (key, Authorization header or None) -> the whole encoded answer of a hit, or None.
 HitSource = Callable[[str, str | None], bytes | None]
 
-# A key's path the lane takes: visible ASCII without "%", "?", "#", and no dot segment
-# ("/." : aiohttp's answer for those is the route's to give); the group is the key.
-_KEY_PATH = re.compile(rb"/v1/kv/((?!\.)(?:[!\x22$&-.0-9:->@-~]|/(?!\.))+)")
+# The request line of a GET the lane may answer: HTTP/1.1, a key's path of visible ASCII
+# without "%", "?", "#", not starting with "." (the group is the key). A key with a dot
+# segment in it ("/.") is refused after: the route's answer for those is aiohttp's to give.
+_GET_LINE = re.compile(rb"GET /v1/kv/([!\x22$&-\-/->@-~][!\x22$&->@-~]*) HTTP/1\.1\r\n")
 # No head longer than this is taken: aiohttp's per-line and per-field limits (8190 bytes,
 # its 431) cannot be exceeded within it, so every request aiohttp would refuse is left to it.
 MAX_HEAD = 8190
@@ -59,39 +60,34 @@ class Lane:
         "_broken",
         "_done",
         "_fields",
-        "_get",
+        "_keep_alive",
         "_parser",
         "_plain",
-        "_url",
+        "open",
     )  # fmt: skip
 
     def __init__(self, answer: HitSource) -> None:
         self._answer = answer
         self._parser = httptools.HttpRequestParser(self)
         self._begun = self._done = 0  # requests begun and completed by the parser
-        self._broken = False  # the bytes stopped parsing: aiohttp has the rest
-        self._url = b""
+        # True between two requests of a connection whose bytes all parsed (kept by the
+        # callbacks, read on every read of the connection).
+        self.open = True
+        self._broken = False  # the bytes stopped parsing: aiohttp has the rest, for good
         self._auth: bytes | None = None
         self._plain = True  # no header seen so far keeps the request from the lane
         self._fields = 0
-        self._get = False  # the request just completed is an HTTP/1.1 keep-alive GET
+        self._keep_alive = False  # the request just completed leaves the connection open
 
     def __repr__(self) -> str:
         return f"<Lane open={self.open} requests={self._done}>"
-
-    @property
-    def open(self) -> bool:
-        """True between two requests of a connection whose bytes all parsed."""
-        return self._begun == self._done and not self._broken
 
     # -- llhttp callbacks (httptools calls them by name) -----------------------------------
 
     def on_message_begin(self) -> None:
         self._begun += 1
-        self._url, self._auth, self._plain, self._fields = b"", None, True, 0
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url  # (in parts when a head arrives in parts)
+        self.open = False
+        self._auth, self._plain, self._fields = None, True, 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
@@ -103,9 +99,9 @@ class Lane:
 
     def on_message_complete(self) -> None:
         self._done += 1
-        parser = self._parser  # (llhttp forgets keep-alive once this returns)
-        self._get = (parser.should_keep_alive() and parser.get_method() == b"GET"
-                     and parser.get_http_version() == "1.1")  # fmt: skip
+        self.open = True
+        # (llhttp forgets it once this returns)
+        self._keep_alive = self._parser.should_keep_alive()
 
     # -- the two ways bytes pass --------------------------------------------------------
 
@@ -116,24 +112,31 @@ class Lane:
         while ``open`` and aiohttp is idle; the bytes from the offset on are aiohttp's
         (which answers with back-pressure of its own), and already followed here."""
         answers: list[bytes] = []
-        start = 0
-        while start < len(data) and budget > 0:
+        start, size = 0, len(data)
+        while start < size and budget > 0:
             end = data.find(b"\r\n\r\n", start) + 4
             if end < 4 or end - start > MAX_HEAD:
                 break  # a partial head, or a long one: aiohttp's
             done = self._done
-            if not self._feed(data[start:end]):
+            if not self._feed(data if end - start == size else data[start:end]):
                 return answers, start
-            # Exactly one request, whole: else a body follows, and aiohttp takes it.
-            whole = self._begun == self._done == done + 1
-            answer = self._hit() if whole else None
+            answer = None
+            # Exactly one whole request (else a body follows) that keeps the connection
+            # open, with plain headers and the request line of a key's GET (which llhttp
+            # parsed as well: the same URL).
+            if (self._begun == self._done == done + 1 and self._keep_alive and self._plain
+                    and self._fields < MAX_HEADERS
+                    and (line := _GET_LINE.match(data, start)) is not None
+                    and "/." not in (key := line[1].decode())):  # fmt: skip
+                auth = self._auth
+                answer = self._answer(key, None if auth is None else auth.decode("latin-1"))
             if answer is None:
                 self.follow(data[end:])
                 return answers, start
             answers.append(answer)
             budget -= len(answer)
             start = end
-        if start < len(data):
+        if start < size:
             self.follow(data[start:])
         return answers, start
 
@@ -148,15 +151,6 @@ class Lane:
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             # Malformed, or an upgrade or CONNECT whose bytes after the head are not HTTP.
             self._broken = True
+            self.open = False
             return False
         return True
-
-    def _hit(self) -> bytes | None:
-        """The answer of the request just parsed, if it is a plain hit."""
-        if not (self._get and self._plain) or self._fields >= MAX_HEADERS:
-            return None
-        path = _KEY_PATH.fullmatch(self._url)
-        if path is None:
-            return None
-        auth = self._auth
-        return self._answer(path[1].decode(), None if auth is None else auth.decode("latin-1"))

@@ -96,10 +96,15 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
             if lane is None or self._force_close or self._close:
                 super().data_received(data)
                 return
-            if lane.open and self._idle():
+            # aiohttp waits for a request and has none queued: no answer of its own is
+            # being made or written, so the lane's cannot overtake or cut into one.
+            waiter = self._waiter
+            if (lane.open and waiter is not None and not waiter.done()
+                    and not self._messages):  # fmt: skip
                 answers, taken = lane.take(data, HIGH_WATER)
-                if answers:
-                    self._send(answers)
+                if answers and (transport := self.transport) is not None:
+                    transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
+                    self._answered()
                 if taken == len(data):
                     return
                 data = data[taken:]
@@ -107,17 +112,7 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
                 lane.follow(data)
             super().data_received(data)
 
-        def _idle(self) -> bool:
-            """aiohttp waits for a request and has none queued: no answer of its own is
-            being made or written, so the lane's cannot overtake or cut into one."""
-            waiter = self._waiter
-            return waiter is not None and not waiter.done() and not self._messages
-
-        def _send(self, answers: list[bytes]) -> None:
-            transport = self.transport
-            if transport is None:
-                return
-            transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
+        def _answered(self) -> None:
             # An answer is activity: the idle timer (node.idle_timeout) runs from it, as
             # from aiohttp's own answers.
             self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
