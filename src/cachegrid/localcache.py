@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NewType
 
 from cachegrid.version import Version
 
@@ -28,44 +29,44 @@ from cachegrid.version import Version
 # headers and the entry's dict slot (and its place in the LRU order). Measured by
 # bench/memory.py (100k small entries: resident memory / accounted bytes 0.96-1.0);
 # keeps the byte limit honest.
-ENTRY_OVERHEAD = 170
+ENTRY_OVERHEAD = 154
 
 _ETAG = b'ETag: "'
 _END_OF_HEAD = b"\r\n\r\n"
 
 
-class Entry(bytes):
-    """A cached answer, as bytes: ``N\\r\\nETag: "<version>"\\r\\n\\r\\n<body>``, where N is the
-    body's length (the hit prefix of http/wire.py ends with ``Content-Length: ``, so an
-    entry starts with the value); or for a tombstone (deleted, or never written: a 404)
-    just ``ETag: "<version>"\\r\\n``. A bytes subclass with no slots: no memory beyond the
-    bytes themselves."""
+# An entry is a plain bytes object, not an instance of a class of its own: instances of a
+# Python-defined class are tracked by the garbage collector (16 bytes more each, and every
+# full collection walks them all); bytes are not. Its form:
+# ``N\r\nETag: "<version>"\r\n\r\n<body>``, where N is the body's length (the hit prefix of
+# http/wire.py ends with ``Content-Length: ``, so an entry starts with the value); or for a
+# tombstone (deleted, or never written: a 404) just ``ETag: "<version>"\r\n``.
+Entry = NewType("Entry", bytes)
 
-    __slots__ = ()
 
-    @property
-    def tombstone(self) -> bool:
-        return self.endswith(b"\r\n")  # a body is a JSON object: it ends with "}"
+def is_tombstone(entry: Entry) -> bool:
+    return entry.endswith(b"\r\n")  # a body is a JSON object: it ends with "}"
 
-    @property
-    def version(self) -> Version:
-        epoch, _, seq = self._etag_value().partition(b".")
-        return Version(int(epoch), int(seq))
 
-    @property
-    def etag(self) -> str:
-        return f'"{self._etag_value().decode()}"'
+def entry_version(entry: Entry) -> Version:
+    epoch, _, seq = _etag_value(entry).partition(b".")
+    return Version(int(epoch), int(seq))
 
-    @property
-    def body(self) -> bytes:
-        """The JSON document a GET answers (empty for a tombstone)."""
-        if self.tombstone:
-            return b""
-        return self[self.index(_END_OF_HEAD) + len(_END_OF_HEAD) :]
 
-    def _etag_value(self) -> bytes:
-        start = self.index(_ETAG) + len(_ETAG)
-        return self[start : self.index(b'"', start)]
+def entry_etag(entry: Entry) -> str:
+    return f'"{_etag_value(entry).decode()}"'
+
+
+def entry_body(entry: Entry) -> bytes:
+    """The JSON document a GET answers (empty for a tombstone)."""
+    if is_tombstone(entry):
+        return b""
+    return entry[entry.index(_END_OF_HEAD) + len(_END_OF_HEAD) :]
+
+
+def _etag_value(entry: Entry) -> bytes:
+    start = entry.index(_ETAG) + len(_ETAG)
+    return entry[start : entry.index(b'"', start)]
 
 
 def accounted(key: str, entry: Entry) -> int:

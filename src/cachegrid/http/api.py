@@ -58,7 +58,7 @@ from cachegrid.http.framework import (
 )
 from cachegrid.http.wire import EncodedResponse, HitPrefix, usable
 from cachegrid.keys import check_key
-from cachegrid.localcache import Entry
+from cachegrid.localcache import Entry, entry_body, entry_etag, is_tombstone
 from cachegrid.ring import Ring
 from cachegrid.serving.copies import Copy
 from cachegrid.serving.grants import Holder
@@ -218,7 +218,7 @@ class Api:
             except NotOwner as moved:
                 answer = await self.router.forward_get(key, moved, hops(request))
                 return forwarded(answer, moved)
-        if entry.tombstone:
+        if is_tombstone(entry):
             error = NotFound(f"no such key: {key[:100]}")
             return error_response(error, self.node_id, "hit" if hit else "miss")
         return self._found(request, entry, hit, encoded)
@@ -246,9 +246,9 @@ class Api:
             prefix = (self._hit_prefix if hit else self._miss_prefix).current()
             return EncodedResponse(prefix + entry, cache)  # the entry is headers and body
         return web.Response(
-            body=entry.body,
+            body=entry_body(entry),
             content_type=JSON,
-            headers={"ETag": entry.etag, "X-Cache": cache, NODE_HEADER: self.node_id},
+            headers={"ETag": entry_etag(entry), "X-Cache": cache, NODE_HEADER: self.node_id},
         )
 
     def _replica_found(self, request: web.Request, copy: Copy, encoded: bool) -> Answer:
@@ -257,9 +257,9 @@ class Api:
         if encoded and usable(request):
             return EncodedResponse(self._replica_prefix(copy.owner).current() + entry,
                                    "replica")  # fmt: skip
-        headers = {"ETag": entry.etag, "X-Cache": "replica", NODE_HEADER: copy.owner,
+        headers = {"ETag": entry_etag(entry), "X-Cache": "replica", NODE_HEADER: copy.owner,
                    REPLICA_HEADER: self.node_id}  # fmt: skip
-        return web.Response(body=entry.body, content_type=JSON, headers=headers)
+        return web.Response(body=entry_body(entry), content_type=JSON, headers=headers)
 
     def _replica_prefix(self, owner: str) -> HitPrefix:
         prefix = self._replica_prefixes.get(owner)

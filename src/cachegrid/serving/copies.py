@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from cachegrid.localcache import Entry
+from cachegrid.localcache import Entry, entry_version
 
 
 @dataclass(slots=True)
@@ -97,7 +97,7 @@ class CopyTable:
         if session != ticket.session or end <= now:
             return False
         current = self._copies.get(ticket.key)
-        if current is not None and current.entry.version > entry.version:
+        if current is not None and entry_version(current.entry) > entry_version(entry):
             return False
         renew_at = ticket.sent + RENEW_AT * term
         self._copies.pop(ticket.key, None)

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 
 from cachegrid.errors import StoreUnavailable
-from cachegrid.localcache import LocalCache
+from cachegrid.localcache import LocalCache, entry_version
 from cachegrid.metrics import Metrics
 from cachegrid.serving.ports import OwnerView, Store
 from cachegrid.version import ZERO
@@ -92,4 +92,4 @@ class StaleDetector:
         record = await self.store.read(key)
         unchanged = self.cache.get(key) is before and not self.writing(key)
         stored = record.version if record is not None else ZERO
-        return unchanged and self.owner.can_serve(key) and stored > before.version
+        return unchanged and self.owner.can_serve(key) and stored > entry_version(before)

@@ -54,7 +54,7 @@ from cachegrid.errors import (
     VersionMismatch,
     WriteIndeterminate,
 )
-from cachegrid.localcache import Entry, LocalCache
+from cachegrid.localcache import Entry, LocalCache, entry_version, is_tombstone
 from cachegrid.metrics import Metrics
 from cachegrid.ring import Member
 from cachegrid.serving.detector import StaleDetector
@@ -91,7 +91,7 @@ class Condition:
 
     def check(self, current: Entry) -> None:
         """VersionMismatch if the precondition fails on ``current`` (a write's rule)."""
-        tag = None if current.tombstone else str(current.version)
+        tag = None if is_tombstone(current) else str(entry_version(current))
         reason = self.if_match_fails(tag) or self.if_none_match_fails(tag)
         if reason is not None:
             raise VersionMismatch(reason)
@@ -194,7 +194,7 @@ class Node:
         Without ``tombstones``, a cached tombstone is not a hit (and not counted one)."""
         if self.owner.can_serve(key):
             entry = self.cache.get(key)
-            if entry is not None and (tombstones or not entry.tombstone):
+            if entry is not None and (tombstones or not is_tombstone(entry)):
                 self._hit.inc()
                 self.detector.sample(key)
                 return entry
@@ -241,13 +241,13 @@ class Node:
         if fill.activation != self.owner.write_epoch or not self.owner.can_serve(key):
             raise _FillOutlived
         entry = make_entry(key, record)
-        if self.leases is not None and self.leases.blocks(key, entry.version):
+        if self.leases is not None and self.leases.blocks(key, entry_version(entry)):
             # A version newer than a live lease's (an indeterminate write surfacing, a fill
             # that overlapped a write): a holder may still serve the older one. Retry,
             # revoking first.
             raise _FillOutlived
         cached = self.cache.get(key)
-        newer_cached = cached is not None and cached.version >= entry.version
+        newer_cached = cached is not None and entry_version(cached) >= entry_version(entry)
         if not fill.invalidated and not newer_cached and key not in self._locks:
             self.cache.put(key, entry)
         return entry
@@ -278,7 +278,7 @@ class Node:
                     await self.leases.revoke([key])
                 current = await self._current(key)
                 condition.check(current)
-                if value is None and current.tombstone:
+                if value is None and is_tombstone(current):
                     raise NotFound("no such key")
                 if not self.owner.can_serve(key):
                     raise Unavailable("ownership of the key moved; retry")
@@ -377,10 +377,10 @@ class Node:
         """A read lease on ``key`` for ``holder``, in the same synchronous step as the hit
         that returned ``entry``; the term, or None. Never while a write of the key is in
         flight or queued, nor on a tombstone or a key not served here."""
-        if (self.leases is None or entry.tombstone or key in self._locks
+        if (self.leases is None or is_tombstone(entry) or key in self._locks
                 or not self.owner.can_serve(key)):  # fmt: skip
             return None
-        return self.leases.grant(key, holder, entry.version)
+        return self.leases.grant(key, holder, entry_version(entry))
 
     async def _revoke(self, key: str) -> None:
         """Revoke the read leases of ``key`` under its write lock (no grant meanwhile)."""

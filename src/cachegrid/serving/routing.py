@@ -40,7 +40,7 @@ from cachegrid.batching import Batcher
 from cachegrid.budget import ByteBudget, Reservation
 from cachegrid.errors import CachegridError, NotFound, Unavailable, status_of
 from cachegrid.headers import JSON, NODE_HEADER, REPLICA_HEADER
-from cachegrid.localcache import Entry
+from cachegrid.localcache import Entry, entry_body, is_tombstone
 from cachegrid.ring import Member
 from cachegrid.serving.copies import Copy, Ticket
 from cachegrid.serving.grants import Holder
@@ -155,16 +155,17 @@ class Router:
             grant = self._grant(key, entry, ask) if hit and ask and key in ask[1] else {}
             cache: dict[str, Any] = {"cache": "hit" if hit else "miss"} if detail else {}
             cache |= grant
-            held.need(len(entry.body) + ITEM_BYTES)
-            if entry.tombstone:
+            body = entry_body(entry)
+            held.need(len(body) + ITEM_BYTES)
+            if is_tombstone(entry):
                 items[key] = (
                     error_item(key, NotFound(f"no such key: {key[:100]}")) | served_here | cache
                 )
             elif detail:  # the entry's body is a JSON object: extend it in place
                 extra = orjson.dumps(served_here | cache)
-                items[key] = orjson.Fragment(entry.body[:-1] + b"," + extra[1:])
+                items[key] = orjson.Fragment(body[:-1] + b"," + extra[1:])
             else:
-                items[key] = orjson.Fragment(entry.body)
+                items[key] = orjson.Fragment(body)
 
         await asyncio.gather(*(local(key) for key in dict.fromkeys(keys)))
         if remote:  # the id is made before the fan-out, so that every owner is told it
@@ -183,7 +184,7 @@ class Router:
         return {"grant": {"term": term, "margin": leases.settings.margin}}
 
     def _replica_item(self, copy: Copy, detail: bool, held: Reservation) -> Any:
-        body = copy.entry.body
+        body = entry_body(copy.entry)
         held.need(len(body) + ITEM_BYTES)
         if not detail:
             return orjson.Fragment(body)
