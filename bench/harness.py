@@ -11,6 +11,9 @@ event loop as the nodes); (b) etcd's linearizable reads of a key through its HTT
 (c) direct quorum reads and writes of the store from one Python process, one key per call
 (and, for reference, reads of 8 keys per call: the store's capacity when batched).
 
+Then, per core, the node's hot GET against Redis's own GET (bench/vs_redis.py): the node
+pinned to one core, then a fresh redis-server pinned there, each loaded from the other.
+
 Read leases (issue 11): the same hot GETs sent to a node that does not own them (answered
 from its copies), a Zipf read load spread round-robin over every node by plain wrk (as
 behind a load balancer), and the latency of writes of a key with live holders, without,
@@ -448,6 +451,10 @@ if __name__ == "__main__":
                         help="then what secure mode costs (bench/secure_cost.py)")  # fmt: skip
     arguments = parser.parse_args()
     main(arguments.seconds, arguments.connections, arguments.nodes)
+    import vs_redis  # here: it imports this module
+
+    print("\nagainst Redis, per core (issue 13: bench/vs_redis.py)")
+    vs_redis.main(arguments.seconds)
     if arguments.secure:
         import secure_cost  # here: it imports this module
 

@@ -57,6 +57,13 @@ class UnsupportedMediaType(CachegridError):
     status = 415
 
 
+class ExpectationFailed(CachegridError):
+    """An ``Expect`` header other than ``100-continue`` (RFC 9110 §10.1.1)."""
+
+    code = "expectation_failed"
+    status = 417
+
+
 class VersionMismatch(CachegridError):
     """A conditional write's precondition (If-Match / If-None-Match) does not hold."""
 

@@ -178,6 +178,80 @@ async def test_answers_from_the_lane_keep_a_busy_connection_open(fresh_cluster, 
         conn.close()
 
 
+async def test_a_hit_gets_the_routes_429_while_the_node_is_at_its_admission_limit(
+        fresh_cluster, http) -> None:  # fmt: skip
+    """Admission (node.max_in_flight_requests, 2 here) holds for the lane's hits too: with
+    two PUTs in progress (their bodies not yet sent), a hit is refused with the route's 429;
+    once they are done, the same connection's next GET is a hit from the lane again."""
+    cluster: Cluster = await asyncio.to_thread(fresh_cluster,
+                                               node_config="max_in_flight_requests = 2\n")  # fmt: skip
+    url = cluster.urls[0]
+    (key,) = await owned_keys(http, url, 1, "admitted")
+    body = orjson.dumps({"value": 1})
+    stalled = []
+    for i in range(2):
+        reader, writer = await connect(url)
+        writer.write(f"PUT /v1/kv/slow-{i} HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())  # fmt: skip
+        stalled.append((reader, writer))
+    reader, writer = await connect(url)
+    try:
+        await asyncio.sleep(0.3)  # both PUTs admitted, each waiting for its body
+        writer.write(request(key))
+        status, headers, answer = await read_expected(reader, b"GET")
+        assert status == "HTTP/1.1 429 Too Many Requests", (status, answer)
+        assert headers["retry-after"] == "1"
+        assert orjson.loads(answer)["error"]["code"] == "overloaded"
+        for put_reader, put_writer in stalled:
+            put_writer.write(body)
+            put_status, _, _ = await read_expected(put_reader, b"PUT")
+            assert put_status == "HTTP/1.1 200 OK"
+        writer.write(request(key))
+        status, headers, answer = await read_expected(reader, b"GET")
+        assert (status, headers["x-cache"]) == ("HTTP/1.1 200 OK", "hit")
+    finally:
+        for _, other in [*stalled, (reader, writer)]:
+            other.close()
+
+
+async def test_expect_100_continue_then_hits_on_the_same_connection(http, cluster) -> None:
+    """A PUT with Expect: 100-continue gets its interim answer before it sends the body, its
+    final answer after, and the same connection's next GET is the lane's hit of the value
+    just written. A declared length over the limit gets a JSON 413 instead of the interim
+    answer, an unknown expectation a JSON 417."""
+    url = cluster.urls[0]
+    (key,) = await owned_keys(http, url, 1, "expect")
+    value = orjson.dumps({"value": {"expected": True}})
+    reader, writer = await connect(url)
+    try:
+        head = (f"PUT /v1/kv/{key} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Expect: 100-continue\r\nContent-Length: %d\r\n\r\n")  # fmt: skip
+        writer.write((head % (64 << 20)).encode())  # over the limit: refused, body unread
+        status, _, answer = await read_expected(reader, b"PUT")
+        assert status == "HTTP/1.1 413 Request Entity Too Large", (status, answer)
+        assert orjson.loads(answer)["error"]["code"] == "too_large"
+        writer.close()
+        reader, writer = await connect(url)
+        writer.write(head.replace("100-continue", "tea").encode() % len(value) + value)
+        status, _, answer = await read_expected(reader, b"PUT")
+        assert status == "HTTP/1.1 417 Expectation Failed", (status, answer)
+        assert orjson.loads(answer)["error"]["code"] == "expectation_failed"
+        writer.close()
+        reader, writer = await connect(url)
+        writer.write((head % len(value)).encode())
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(value)
+        status, _, _ = await read_expected(reader, b"PUT")
+        assert status == "HTTP/1.1 200 OK"
+        writer.write(request(key))
+        status, headers, answer = await read_expected(reader, b"GET")
+        assert (status, headers["x-cache"]) == ("HTTP/1.1 200 OK", "hit")
+        assert orjson.loads(answer)["value"] == {"expected": True}
+    finally:
+        writer.close()
+
+
 BIG_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 8192\r\n\r\n" + b"x" * 8192
 
 

@@ -174,7 +174,8 @@ class Api:
         public = bind(self, PUBLIC_ROUTES)
         if not self.tokens.data_open:
             public = self._authorized(public, DATA_SCOPES.__getitem__)
-        add_table(app, public, self.node_id, self.node.metrics, self.admission, logged)
+        add_table(app, public, self.node_id, self.node.metrics, self.admission, logged,
+                  self.limits.max_value_bytes + ENVELOPE_BYTES)  # fmt: skip
         add_table(app, bind(self, OPS_ROUTES), self.node_id, self.node.metrics)
         # Not admitted: refusing an acknowledgement under load would make writes wait
         # out whole leases, which adds load. Peers only, when nodes have a peer token.

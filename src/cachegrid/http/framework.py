@@ -29,12 +29,14 @@ from typing import Any, cast
 
 import orjson
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from cachegrid import requestids
 from cachegrid.auth import Scope, Tokens
 from cachegrid.errors import (
     BadRequest,
     CachegridError,
+    ExpectationFailed,
     MethodNotAllowed,
     NotFound,
     Overloaded,
@@ -73,16 +75,43 @@ class Admission:
 
 
 def add_table(app: web.Application, table: Table, node_id: str, metrics: Metrics,
-              admission: Admission | None = None, access_log: bool = False) -> None:  # fmt: skip
-    """Add every (path, {method: handler}), each with a JSON 405 for other methods."""
+              admission: Admission | None = None, access_log: bool = False,
+              body_limit: int = 1 << 20) -> None:  # fmt: skip
+    """Add every (path, {method: handler}), each with a JSON 405 for other methods, and
+    ``Expect: 100-continue`` answered only for a body of at most ``body_limit`` bytes."""
+    expect = expect_continue(body_limit)
     for path, methods in table:
         for method, handler in methods.items():
             wrapped = guarded(handler, node_id, f"{method} {path}", metrics, admission,
                               access_log)  # fmt: skip
             # aiohttp's type says StreamResponse; an EncodedResponse has what its request
             # handler uses of one (http/wire.py).
-            app.router.add_route(method, path, cast(AiohttpHandler, wrapped))
+            app.router.add_route(method, path, cast(AiohttpHandler, wrapped),
+                                 expect_handler=expect)  # fmt: skip
         app.router.add_route("*", path, cast(AiohttpHandler, method_not_allowed(sorted(methods))))
+
+
+def expect_continue(limit: int) -> Callable[[web.Request], Awaitable[web.Response | None]]:
+    """The answer to a request's ``Expect`` header, before its body is sent: ``100
+    Continue`` (as aiohttp's own), but a JSON 413 if the declared length is over ``limit``
+    (so the client does not send a body that would be refused unread) and a JSON 417 for
+    an expectation other than 100-continue (aiohttp's would be plain text)."""
+
+    async def answer(request: web.Request) -> web.Response | None:
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return unrouted(request, 417, ExpectationFailed("only Expect: 100-continue is known"))
+        length = request.content_length
+        if length is not None and length > limit:
+            error = TooLarge(f"body of {length} bytes, the limit is {limit}")
+            response = unrouted(request, 413, error)
+            response.force_close()  # the body may follow all the same: not read
+            return response
+        if request.version == HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # (as aiohttp's: the answer proper is still to come)
+        return None
+
+    return answer
 
 
 def add_not_found(app: web.Application) -> None:
