@@ -183,16 +183,17 @@ async def test_a_hit_gets_the_routes_429_while_the_node_is_at_its_admission_limi
     """Admission (node.max_in_flight_requests, 2 here) holds for the lane's hits too: with
     two PUTs in progress (their bodies not yet sent), a hit is refused with the route's 429;
     once they are done, the same connection's next GET is a hit from the lane again."""
-    cluster: Cluster = await asyncio.to_thread(fresh_cluster,
-                                               node_config="max_in_flight_requests = 2\n")  # fmt: skip
+    limit = "max_in_flight_requests = 2\n"
+    cluster: Cluster = await asyncio.to_thread(fresh_cluster, node_config=limit)
     url = cluster.urls[0]
     (key,) = await owned_keys(http, url, 1, "admitted")
     body = orjson.dumps({"value": 1})
     stalled = []
     for i in range(2):
         reader, writer = await connect(url)
-        writer.write(f"PUT /v1/kv/slow-{i} HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                     f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())  # fmt: skip
+        head = (f"PUT /v1/kv/slow-{i} HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                f"application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+        writer.write(head.encode())
         stalled.append((reader, writer))
     reader, writer = await connect(url)
     try:
