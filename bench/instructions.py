@@ -1,11 +1,14 @@
-"""Instructions per hot GET, counted by callgrind: the hit lane against the routes (issue 13).
+"""Instructions per GET, counted by callgrind: the hit lane against the routes, and a GET
+forwarded through a non-owner against a hit at the owner (issue 13).
 
-Wall-clock rates move with this machine's noise; instruction counts do not. A one-node
-cluster is started, then the node is restarted under ``valgrind --tool=callgrind`` with
-instrumentation off, once with the hit lane (node.hit_lane, the default) and once without.
-Each time, after a warm-up, callgrind counts a window of N keep-alive GETs of cached keys
-on one connection, and a window of the same length with no requests (the node's own timers:
-lease keep-alive, watches); instructions per hit = (loaded - idle) / N.
+Wall-clock rates move with this machine's noise; instruction counts do not. A two-node
+cluster is started (read leases off), then nodes are restarted under ``valgrind
+--tool=callgrind`` with instrumentation off: the owner with the hit lane (node.hit_lane,
+the default), the owner without, then both nodes for GETs sent to the other one. Each
+time, after a warm-up, callgrind counts a window of N keep-alive GETs of cached keys on one
+connection, one at a time, and a window of the same length with no requests (the nodes' own
+timers: lease keep-alive, watches); instructions per GET = (loaded - idle) / N, summed over
+the nodes under callgrind.
 
     .venv/bin/python bench/instructions.py [--requests 2000]
 """
@@ -19,18 +22,16 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cachegrid.devcluster.cluster import LocalCluster
-from cachegrid.devcluster.servers import PortAllocator
+from cachegrid.devcluster.servers import NodeProcess, PortAllocator
+from cachegrid.ring import Ring
 from harness import free_base, http
 
 KEYS = 100
 VALUE = "x" * 94  # ~100-byte values, as bench/vs_redis.py
-
-
-def callgrind(pid: int, *options: str) -> None:
-    subprocess.run(["callgrind_control", *options, str(pid)], check=True, capture_output=True)
 
 
 def instructions(out: Path) -> int:
@@ -40,13 +41,13 @@ def instructions(out: Path) -> int:
     return int(re.findall(r"^(?:summary|totals): (\d+)", text, re.M)[-1])
 
 
-def hits(host: str, port: int, count: int, cached: bool = True) -> float:
-    """``count`` GETs on one keep-alive connection, one at a time, each a hit if
-    ``cached``; seconds taken."""
+def hits(host: str, port: int, keys: list[str], count: int, cached: bool = True) -> float:
+    """``count`` GETs of ``keys`` in turn on one keep-alive connection, one at a time, each
+    a hit at the owner if ``cached``; seconds taken."""
     started = time.monotonic()
     with socket.create_connection((host, port)) as conn:
         for i in range(count):
-            conn.sendall(f"GET /v1/kv/key:{i % KEYS} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            conn.sendall(f"GET /v1/kv/{keys[i % len(keys)]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             answer = b""
             while not answer.endswith(b"}"):
                 answer += conn.recv(65536)
@@ -55,66 +56,88 @@ def hits(host: str, port: int, count: int, cached: bool = True) -> float:
     return time.monotonic() - started
 
 
-def window(pid: int, out: Path, run: object) -> int:
-    """Instructions the node executes while ``run()`` runs."""
-    callgrind(pid, "--zero")
-    callgrind(pid, "--instr=on")
-    run()  # type: ignore[operator]
-    callgrind(pid, "--instr=off")
-    callgrind(pid, "--dump")
+def window(nodes: list[NodeProcess], outs: list[Path], run: Callable[[], object]) -> int:
+    """Instructions the ``nodes`` execute, together, while ``run()`` runs."""
+    for node in nodes:
+        callgrind(node, "--zero")
+        callgrind(node, "--instr=on")
+    run()
+    for node in nodes:
+        callgrind(node, "--instr=off")
+        callgrind(node, "--dump")
     time.sleep(0.5)
-    return instructions(out)
+    return sum(instructions(out) for out in outs)
 
 
-def per_hit(cluster: LocalCluster, lane: bool, requests: int, tmp: Path) -> float:
-    node = cluster.nodes[0]
-    out = tmp / f"callgrind.{'lane' if lane else 'routes'}"
-    node.stop()
-    node.wrapper = ("env", f"CACHEGRID_NODE_HIT_LANE={'true' if lane else 'false'}",
-                    "valgrind", "--tool=callgrind", "--instr-atstart=no",
-                    f"--callgrind-out-file={out}")  # fmt: skip
-    node.start(timeout=240)
+def callgrind(node: NodeProcess, *options: str) -> None:
+    assert node.pid is not None
+    subprocess.run(["callgrind_control", *options, str(node.pid)], check=True,
+                   capture_output=True)  # fmt: skip
+
+
+def per_request(nodes: list[NodeProcess], target: NodeProcess, keys: list[str], lane: bool,
+                requests: int, tmp: Path, name: str) -> float:  # fmt: skip
+    """Instructions ``nodes`` execute per GET of ``keys`` sent to ``target``, each restarted
+    under callgrind (with the hit lane on or off)."""
+    outs = [tmp / f"callgrind.{name}.{node.node_id}" for node in nodes]
+    for node, out in zip(nodes, outs, strict=True):
+        node.stop()
+        node.wrapper = ("env", f"CACHEGRID_NODE_HIT_LANE={'true' if lane else 'false'}",
+                        "valgrind", "--tool=callgrind", "--instr-atstart=no",
+                        f"--callgrind-out-file={out}")  # fmt: skip
+        node.start(timeout=240)
     try:
-        assert node.pid is not None
-        host, port = "127.0.0.1", node.port
-        hits(host, port, KEYS * 2, cached=False)  # warm: every key cached
+        host, port = "127.0.0.1", target.port
+        hits(host, port, keys, len(keys) * 2, cached=False)  # warm: every key cached
         took = 0.0
 
         def load() -> None:
             nonlocal took
-            took = hits(host, port, requests)
+            took = hits(host, port, keys, requests, cached=False)
 
-        loaded = window(node.pid, out, load)
-        idle = window(node.pid, out, lambda: time.sleep(took))
+        loaded = window(nodes, outs, load)
+        idle = window(nodes, outs, lambda: time.sleep(took))
         return (loaded - idle) / requests
     finally:
-        node.stop()
-        node.wrapper = ()
+        for node in nodes:
+            node.stop()
+            node.wrapper = ()
+            node.start(timeout=60)
 
 
 def main(requests: int, keep: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = LocalCluster.plan(Path(tmp), nodes=1, replicas=3,
+        cluster = LocalCluster.plan(Path(tmp), nodes=2, replicas=3,
                                     base_port=free_base(PortAllocator()),
                                     appendfsync="everysec")  # fmt: skip
         config = cluster.data_dir / "cachegrid.toml"
         cluster.start()
         try:
-            # Slow under valgrind: a longer lease, and no stale checks (store reads).
-            config.write_text(config.read_text() + "lease_ttl = 20\nstale_check_every = 0\n")
-            url = cluster.nodes[0].url
-            for i in range(KEYS):
-                http("PUT", f"{url}/v1/kv/key:{i}", {"value": VALUE})
-            lane = per_hit(cluster, True, requests, Path(tmp))
-            routes = per_hit(cluster, False, requests, Path(tmp))
+            # Slow under valgrind: a longer lease, and no stale checks (store reads); no read
+            # leases, so that a GET through the other node is forwarded every time.
+            config.write_text(config.read_text() + "lease_ttl = 20\nstale_check_every = 0\n"
+                              "read_lease_threshold = 0\n")  # fmt: skip
+            owner, other = cluster.nodes
+            ring = Ring.from_description(http("GET", f"{owner.url}/v1/ring"))
+            keys = [k for k in (f"key:{i}" for i in range(1000))
+                    if ring.owner(k) == owner.node_id][:KEYS]  # fmt: skip
+            for key in keys:
+                http("PUT", f"{owner.url}/v1/kv/{key}", {"value": VALUE})
+            tmp_path = Path(tmp)
+            lane = per_request([owner], owner, keys, True, requests, tmp_path, "lane")
+            routes = per_request([owner], owner, keys, False, requests, tmp_path, "routes")
+            via = per_request([owner, other], other, keys, True, requests, tmp_path, "via")
         finally:
             cluster.stop()
             if keep:  # the dumps, for callgrind_annotate
                 for dump in Path(tmp).glob("callgrind.*"):
                     shutil.copy(dump, keep)
-    print(f"instructions per hot GET, hit lane: {lane:,.0f}")
-    print(f"instructions per hot GET, routes (node.hit_lane = false): {routes:,.0f}")
-    print(f"lane / routes: {lane / routes:.2f}x")
+    print(f"instructions per hot GET at the owner, hit lane: {lane:,.0f}")
+    print(f"instructions per hot GET at the owner, routes (node.hit_lane = false): {routes:,.0f}")
+    print(f"  lane / routes: {lane / routes:.2f}x")
+    print(f"instructions per GET through a non-owner (forwarded, both nodes): {via:,.0f}")
+    verdict = "met" if via < 2 * lane else "MISSED"
+    print(f"  forwarded / hit at the owner: {via / lane:.2f}x  (< 2x: {verdict})")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,15 @@ and that every other byte reaches aiohttp whole and in order, however the bytes 
 
 from __future__ import annotations
 
+import asyncio
 from itertools import accumulate
+from typing import Any
+from unittest import mock
 
 import httptools
 import pytest
-from hypothesis import given, settings
+from aiohttp import http_parser
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cachegrid.http.lane import MAX_HEAD, Lane
@@ -173,3 +177,80 @@ def test_every_request_is_answered_once_whole_and_in_order(picks: list[int], siz
     answered += aiohttp.found[done:]
     assert lane.open  # the stream ended between requests
     assert answered == Requests().feed(stream).found
+
+
+@pytest.mark.parametrize("extra", [
+    "Host: y\r\n",  # a second Host
+    "User-Agent: a\r\nUser-Agent: b\r\n",
+    "Content-Type: a\r\ncontent-type: b\r\n",
+    "Authorization: Bearer x\r\nAuthorization: Bearer y\r\n",
+    "Authorization: Bearer x\xa0\r\n",  # decoded and trimmed otherwise by aiohttp
+    "Authorization: Bearer \x85x\r\n",
+    "Sec-WebSocket-Key1: 1\r\n",
+])  # fmt: skip
+def test_heads_aiohttp_refuses_or_reads_otherwise_are_left_to_it(extra: str) -> None:
+    assert answer_of(get("/v1/kv/a", extra).replace(b"\xc2", b"")) is None
+    assert answer_of(b"GET /v1/kv/a HTTP/1.1\r\n\r\n") is None  # no Host
+
+
+# Header lines near what aiohttp and llhttp judge differently.
+LINES = st.sampled_from([
+    "Host: x", "host: y", "HOST:z", "User-Agent: a", "user-agent: b", "Authorization: Bearer t",
+    "Authorization: Bearer t ", "authorization:Bearer u", "Authorization: Bearer t\xa0",
+    "Authorization: Bearer \x85t", "Content-Length: 0", "Transfer-Encoding: chunked",
+    "Connection: close", "Connection: keep-alive", "Connection: upgrade", "Upgrade: h2c",
+    "Expect: 100-continue", "X-Request-Id: r", "If-None-Match: *", "Sec-WebSocket-Key1: 1",
+    "Content-Type: a", "ETag: e", "Max-Forwards: 1", "X-A: b", "X-A: \x01", " folded",
+    "\tX-B: c", "Bad Header", "Host : x", "X-C:", ": v", "X-D: a\x7fb", "Accept: */*",
+])  # fmt: skip
+TARGETS = st.sampled_from(["/v1/kv/a", "/v1/kv/a/b", "/v1/kv//a", "/v1/kv/a/", "/v1/kv/a;b",
+                           "/v1/kv/a%2Fb", "/v1/kv/a/../b", "/v1/kv/.a", "/v1/kv/a?x",
+                           "/v1/kv/\\x", "/v1/kv/a b"])  # fmt: skip
+LINE_ENDS = st.sampled_from(["\r\n", "\r\n", "\r\n", "\n"])
+
+
+def aiohttp_reads(head: bytes, parser_class: type) -> list[Any] | None:
+    """What aiohttp's parser makes of ``head``: its messages, or None if it refuses it."""
+    loop = asyncio.new_event_loop()
+    try:
+        parser = parser_class(mock.Mock(), loop, 2**16, max_line_size=8190, max_field_size=8190)
+        messages, _upgraded, _tail = parser.feed_data(head)
+        return [message for message, _payload in messages]
+    except Exception:
+        return None
+    finally:
+        loop.close()
+
+
+@settings(max_examples=1000, deadline=None)
+@example("/v1/kv/a", [("Authorization: Bearer t\xa0", "\r\n")], "1.1", True)
+@example("/v1/kv/a", [("Authorization: Bearer \x85t", "\r\n")], "1.1", True)
+@example("/v1/kv/a", [("Authorization: Bearer t", "\r\n")] * 2, "1.1", True)
+@example("/v1/kv/a", [("host: y", "\r\n")], "1.1", True)
+@example("/v1/kv/a", [], "1.1", False)
+@given(TARGETS, st.lists(st.tuples(LINES, LINE_ENDS), max_size=4), st.sampled_from(["1.1", "1.0"]),
+       st.booleans())  # fmt: skip
+def test_the_lane_answers_only_what_aiohttp_reads_as_that_same_get(
+        target: str, lines: list[tuple[str, str]], version: str, host: bool) -> None:  # fmt: skip
+    """A differential test against both of aiohttp's parsers (C and pure Python): whenever
+    the lane answers a head, aiohttp reads it as exactly one keep-alive HTTP/1.1 GET of the
+    same key, and the route's check would see the same Authorization."""
+    if host:  # (most heads then get as far as the lane's own checks)
+        lines = [("Host: h", "\r\n"), *lines]
+    head = (f"GET {target} HTTP/{version}\r\n" + "".join(line + end for line, end in lines)
+            + "\r\n").encode("latin-1")  # fmt: skip
+    source = Source()
+    lane = Lane(lambda key, auth: source(key, auth) or b"<any>")
+    answers, _taken = lane.take(head, 1 << 20)
+    if not answers:
+        return
+    ((key, authorization),) = source.asked
+    for parser_class in (http_parser.HttpRequestParser, http_parser.HttpRequestParserPy):
+        messages = aiohttp_reads(head, parser_class)
+        assert messages is not None, (head, parser_class)  # (None: aiohttp refuses it)
+        (message,) = messages
+        assert (message.method, message.version, message.should_close) == ("GET", (1, 1), False)
+        assert message.path == f"/v1/kv/{key}"
+        sent = message.headers.get("Authorization")
+        assert (sent.strip() if sent else None) == (authorization.strip() if authorization
+                                                    else None), head  # fmt: skip

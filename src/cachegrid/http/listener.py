@@ -93,8 +93,8 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
 
         def data_received(self, data: bytes) -> None:
             lane = self._lane
-            if lane is None or self._force_close or self._close:
-                super().data_received(data)
+            if lane is None or not data or self._force_close or self._close:
+                super().data_received(data)  # (aiohttp reparses what it holds on b"")
                 return
             # aiohttp waits for a request and has none queued: no answer of its own is
             # being made or written, so the lane's cannot overtake or cut into one.
