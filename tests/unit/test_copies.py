@@ -3,8 +3,10 @@ its own ask, and not if a record, flush, ring change or re-snapshot came since; 
 served strictly before (ask sent) + term - margin, under its own member lease."""
 
 from cachegrid.localcache import entry_version
+from cachegrid.metrics import Metrics
 from cachegrid.serving.copies import CopyTable
 from cachegrid.serving.entry import make_entry
+from cachegrid.serving.leases import HolderLeases, LeaseSettings
 from cachegrid.store.record import Record
 from cachegrid.version import Version
 
@@ -67,3 +69,43 @@ def test_the_table_is_bounded() -> None:
         ticket = table.ask(f"k{i}", "owner", 0.0, 7)
         assert table.install(ticket, entry(1), 1.0, 0.1, 0.0, 7)
     assert len(table) == 3
+
+
+class View:
+    """A holder's view of coordination: one live member lease, 7."""
+
+    incarnation, member_lease = "inc", 7
+
+    def lease_alive(self) -> bool:
+        return True
+
+    def live_lease(self) -> int:
+        return 7
+
+    def lease_slack(self) -> float:
+        return 10.0
+
+    def is_member(self, node_id: str, incarnation: str) -> bool:
+        return True
+
+
+def test_a_read_that_cannot_forward_leaves_the_renewal_to_the_next_that_can() -> None:
+    """A copy due for renewal and hot: the hit lane's read (``renew=False``) is refused and
+    changes nothing; the route's read, next, is the renewal (None: it forwards and asks);
+    the others meanwhile use the copy."""
+    now = [0.0]
+    holder = HolderLeases("n1", View(), peers=None, settings=LeaseSettings(threshold=1.0),  # type: ignore[arg-type]
+                          metrics=Metrics(), clock=lambda: now[0])  # fmt: skip
+    table = holder.copies
+    assert table.install(asked(table), entry(1), term=1.0, margin=0.1, now=0.0, session=7)
+    for _ in range(5):
+        assert holder.serve("k") is not None  # hot: 5 reads
+    now[0] = 0.8  # past the renewal point, before the end
+    copy = table.serve("k", 0.8, 7)
+    assert copy is not None
+    hits = copy.hits
+    assert holder.serve("k", renew=False) is None  # the lane: declined...
+    assert (copy.hits, copy.renewing) == (hits, False)  # ...and nothing changed
+    assert holder.serve("k") is None  # the route: this read renews
+    assert copy.renewing
+    assert holder.serve("k", renew=False) is copy  # the others use the copy meanwhile

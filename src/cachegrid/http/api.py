@@ -156,7 +156,8 @@ class Api:
                 return None
         if self.admission.current >= self.admission.limit:
             return None
-        if (copy := self.router.replica(key)) is not None:
+        # (Not a renewal's read: that one is the route's, which forwards it with an ask.)
+        if (copy := self.router.replica(key, renew=False)) is not None:
             answer = self._replica_prefix(copy.owner).current() + copy.entry
             seconds = self._lane_seconds["replica"]
         elif (entry := self.node.hit(key, tombstones=False)) is not None:

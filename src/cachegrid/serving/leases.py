@@ -278,18 +278,23 @@ class HolderLeases:
     def __repr__(self) -> str:
         return f"<HolderLeases {self.copies!r} acks={len(self._acks)}>"
 
-    def serve(self, key: str) -> Copy | None:
+    def serve(self, key: str, *, renew: bool = True) -> Copy | None:
         """A copy this node may answer ``key`` from now (the replica hit path: no I/O).
         None also when the copy is due for renewal and still hot: that read goes to the
-        owner and asks again (the others meanwhile still use the copy)."""
+        owner and asks again (the others meanwhile still use the copy). Without ``renew``
+        (a caller that cannot forward: the hit lane), such a read is None and changes
+        nothing: the caller that can, asked next, renews."""
         if not self.copies.holds(key):
             return None  # the common case, an owner hit included: one dict lookup
         now = self._clock()
         copy = self.copies.serve(key, now, self.view.live_lease())
         if copy is None:
             return None
+        due = now >= copy.renew_at and not copy.renewing
+        if due and not renew:
+            return None
         copy.hits += 1
-        if now >= copy.renew_at and not copy.renewing and self._still_hot(copy, now):
+        if due and self._still_hot(copy, now):
             copy.renewing = True
             return None
         self._replica_hits.inc()

@@ -123,9 +123,10 @@ class Router:
         typical = cache.bytes // len(cache) if len(cache) else 1024
         return 3 * keys * (typical + ITEM_BYTES)
 
-    def replica(self, key: str) -> Copy | None:
-        """A live copy of ``key`` held here under a read lease (no I/O)."""
-        return self.holder.serve(key) if self.holder is not None else None
+    def replica(self, key: str, *, renew: bool = True) -> Copy | None:
+        """A live copy of ``key`` held here under a read lease (no I/O); see
+        ``HolderLeases.serve`` for ``renew``."""
+        return self.holder.serve(key, renew=renew) if self.holder is not None else None
 
     async def batch_items(
         self, keys: list[str], hops: int, detail: bool, held: Reservation,
