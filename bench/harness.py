@@ -136,6 +136,14 @@ def free_base(ports: PortAllocator) -> int:
             return base
 
 
+def planned(data_dir: Path, nodes: int, ports: PortAllocator | None = None) -> LocalCluster:
+    """A local cluster of ``nodes`` nodes and 3 Redis replicas (AOF everysec), not started;
+    its config file (``data_dir / "cachegrid.toml"``) may be extended before it is."""
+    return LocalCluster.plan(data_dir, nodes=nodes, replicas=3,
+                             base_port=free_base(ports or PortAllocator()),
+                             appendfsync="everysec")  # fmt: skip
+
+
 async def direct_store(cluster: LocalCluster, seconds: float, concurrency: int) -> dict:
     """Quorum reads and writes from this process: baseline (c)."""
     store = QuorumStore([Replica(r.endpoint, timeout=2) for r in cluster.redis], timeout=2)
@@ -324,8 +332,7 @@ def scale_out(cluster: LocalCluster, paths0: list[str], paths1: list[str], secon
 def main(seconds: float, connections: int, nodes: int) -> None:
     ports = PortAllocator()
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = LocalCluster.plan(Path(tmp), nodes=nodes, replicas=3,
-                                    base_port=free_base(ports), appendfsync="everysec")  # fmt: skip
+        cluster = planned(Path(tmp), nodes, ports)
         dict_port = ports.take()
         dict_app = subprocess.Popen([sys.executable, str(Path(__file__).parent / "dict_app.py"),
                                      str(dict_port), "--uvloop"])  # fmt: skip

@@ -25,10 +25,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cachegrid.devcluster.cluster import LocalCluster
-from cachegrid.devcluster.servers import NodeProcess, PortAllocator
+from cachegrid.devcluster.servers import NodeProcess
 from cachegrid.ring import Ring
-from harness import free_base, http
+from harness import http, planned
 
 KEYS = 100
 VALUE = "x" * 94  # ~100-byte values, as bench/vs_redis.py
@@ -107,9 +106,7 @@ def per_request(nodes: list[NodeProcess], target: NodeProcess, keys: list[str], 
 
 def main(requests: int, keep: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = LocalCluster.plan(Path(tmp), nodes=2, replicas=3,
-                                    base_port=free_base(PortAllocator()),
-                                    appendfsync="everysec")  # fmt: skip
+        cluster = planned(Path(tmp), 2)
         config = cluster.data_dir / "cachegrid.toml"
         cluster.start()
         try:

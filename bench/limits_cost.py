@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 from cachegrid.devcluster.cluster import LocalCluster
-from cachegrid.devcluster.servers import PortAllocator
 from cachegrid.ring import Ring
-from harness import Result, free_base, http, wrk
+from harness import Result, http, planned, wrk
 
 VALUE = {"name": "hot", "payload": "x" * 64}
 UNLIMITED = ("env", f"PYTHONPATH={Path(__file__).parent / 'unlimited'}")
@@ -43,9 +42,7 @@ def measure(cluster: LocalCluster, paths: list[str], seconds: float,
 
 def main(seconds: float, connections: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = LocalCluster.plan(Path(tmp), nodes=2, replicas=3,
-                                    base_port=free_base(PortAllocator()),
-                                    appendfsync="everysec")  # fmt: skip
+        cluster = planned(Path(tmp), 2)
         config = cluster.data_dir / "cachegrid.toml"
         cluster.start()
         try:

@@ -18,9 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cachegrid.devcluster.cluster import LocalCluster
 from cachegrid.devcluster.servers import PortAllocator
-from harness import free_base, http, wrk
+from harness import http, planned, wrk
 
 KEYS = 500
 VALUE = "x" * 94  # a JSON string of 96 bytes
@@ -35,9 +34,7 @@ def pin(pid: int, core: str) -> None:
 
 def cachegrid_rate(seconds: float) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = LocalCluster.plan(Path(tmp), nodes=1, replicas=3,
-                                    base_port=free_base(PortAllocator()),
-                                    appendfsync="everysec")  # fmt: skip
+        cluster = planned(Path(tmp), 1)
         cluster.start()
         try:
             node = cluster.nodes[0]

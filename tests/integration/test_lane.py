@@ -156,6 +156,13 @@ async def read_expected(reader: asyncio.StreamReader,
     return status, headers, await asyncio.wait_for(reader.readexactly(length), 5)
 
 
+async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+              data: bytes) -> tuple[str, dict[str, str], bytes]:  # fmt: skip
+    """``data`` sent (a request, or the rest of one), and the answer it completes."""
+    writer.write(data)
+    return await read_expected(reader, b"GET")
+
+
 async def test_answers_from_the_lane_keep_a_busy_connection_open(fresh_cluster, http) -> None:
     """The idle timer (node.idle_timeout, 1 s here) runs from the last answer, the lane's
     too: a connection asking every 0.3 s for 2.5 s stays open; left idle, it is closed."""
@@ -198,17 +205,14 @@ async def test_a_hit_gets_the_routes_429_while_the_node_is_at_its_admission_limi
     reader, writer = await connect(url)
     try:
         await asyncio.sleep(0.3)  # both PUTs admitted, each waiting for its body
-        writer.write(request(key))
-        status, headers, answer = await read_expected(reader, b"GET")
+        status, headers, answer = await ask(reader, writer, request(key))
         assert status == "HTTP/1.1 429 Too Many Requests", (status, answer)
         assert headers["retry-after"] == "1"
         assert orjson.loads(answer)["error"]["code"] == "overloaded"
         for put_reader, put_writer in stalled:
-            put_writer.write(body)
-            put_status, _, _ = await read_expected(put_reader, b"PUT")
+            put_status, _, _ = await ask(put_reader, put_writer, body)
             assert put_status == "HTTP/1.1 200 OK"
-        writer.write(request(key))
-        status, headers, answer = await read_expected(reader, b"GET")
+        status, headers, answer = await ask(reader, writer, request(key))
         assert (status, headers["x-cache"]) == ("HTTP/1.1 200 OK", "hit")
     finally:
         for _, other in [*stalled, (reader, writer)]:
@@ -242,11 +246,9 @@ async def test_expect_100_continue_then_hits_on_the_same_connection(http, cluste
         writer.write((head % len(value)).encode())
         interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
-        writer.write(value)
-        status, _, _ = await read_expected(reader, b"PUT")
+        status, _, _ = await ask(reader, writer, value)
         assert status == "HTTP/1.1 200 OK"
-        writer.write(request(key))
-        status, headers, answer = await read_expected(reader, b"GET")
+        status, headers, answer = await ask(reader, writer, request(key))
         assert (status, headers["x-cache"]) == ("HTTP/1.1 200 OK", "hit")
         assert orjson.loads(answer)["value"] == {"expected": True}
     finally:
