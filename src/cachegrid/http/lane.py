@@ -12,9 +12,9 @@ bytes and fewer than ``MAX_HEADERS`` fields, one Host, none of the headers that 
 answer (``If-Match``, ``If-None-Match``, ``X-Request-Id``, ``Expect``, ``Upgrade``, a
 body's length or coding), no header aiohttp refuses twice repeated, and at most one
 ``Authorization`` of visible ASCII; whether it is a hit is the ``HitSource``'s to say
-(http/api.py). aiohttp's
-route gives such a request the same bytes (its pre-encoded answer, http/wire.py), and the
-same metrics; the lane only saves aiohttp's request objects, routing and task around it.
+(http/api.py). aiohttp's route gives such a request the same bytes (its pre-encoded
+answer, http/wire.py) and the same metrics; the lane only saves aiohttp's request objects,
+routing and task around it.
 
 Invariants:
 - Order: the lane answers only while aiohttp has no request of the connection queued or in
@@ -46,7 +46,7 @@ HitSource = Callable[[str, str | None], bytes | None]
 # segment in it ("/.") is refused after: the route's answer for those is aiohttp's to give.
 _GET_LINE = re.compile(rb"GET /v1/kv/([!\x22$&-\-/->@-~][!\x22$&->@-~]*) HTTP/1\.1\r\n")
 # No head longer than this is taken: aiohttp's per-line and per-field limits (8190 bytes,
-# its 431) cannot be exceeded within it, so every request aiohttp would refuse is left to it.
+# its 431) cannot be exceeded within it, so no head aiohttp refuses as too long is taken.
 MAX_HEAD = 8190
 MAX_HEADERS = 100  # aiohttp refuses more than 128
 # Request headers that change a GET's answer or framing, or that aiohttp refuses (a 400:
