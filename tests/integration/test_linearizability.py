@@ -25,7 +25,7 @@ from tests.integration.netns import Netns
 from tests.integration.scenario import Events, ScenarioResult, run_scenario
 from tests.processes import FaultyNode
 from tests.proof import connect
-from tests.proof.history import FAILED, OK
+from tests.proof.history import FAILED, OK, READ
 from tests.proof.recorder import Recorder
 
 TTL = 2
@@ -46,12 +46,18 @@ def report(result: ScenarioResult) -> None:
     result.require(result.fills >= 500 and result.store_reads >= 500,
                    f"{result.fills} fills, {result.store_reads} store reads")  # fmt: skip
     # Read leases were in play, also while the fault ran: copies served and checked, and
-    # writes that had copies dropped first.
+    # writes that had copies dropped first. (As a share of the reads answered: a count of
+    # hits in a fixed time scales with the machine's speed, which moves 3x from day to day
+    # on this shared one; the same code gave 350 to 950 in 8 s on a slow day. About a
+    # third of reads reach a key's owner, which holds no copies of its own keys.)
     during = result.replica_hits_during_fault()
     waits = result.lease_waits
-    result.require(result.replica_hits >= 1000 and during > 0 and waits["acked"] > 0,
-                   f"{result.replica_hits} replica hits ({during} during the fault), "
-                   f"{waits['acked']} writes waited for holders' acks")  # fmt: skip
+    reads = sum(op.kind == READ and op.outcome == OK for op in result.history)
+    result.require(result.replica_hits >= max(200, 0.15 * reads) and during > 0
+                   and waits["acked"] > 0,
+                   f"{result.replica_hits} replica hits of {reads} reads answered "
+                   f"({during} during the fault), {waits['acked']} writes waited for "
+                   "holders' acks")  # fmt: skip
     print(f"\n{result.row()}")
     if path := os.environ.get("PROOF_TABLE"):
         with open(path, "a") as table:
