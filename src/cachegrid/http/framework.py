@@ -191,10 +191,7 @@ class Recorder:
     def record(self, status: int, cache: str, started: float) -> None:
         """One answer: its latency since ``started`` (perf_counter) and its status."""
         self.latency[cache].observe(time.perf_counter() - started)
-        counter = self._responses.get(status)
-        if counter is None:
-            counter = self.responses(status)
-        counter.inc()
+        (self._responses.get(status) or self.responses(status)).inc()
 
     def responses(self, status: int) -> Count:
         """The series counting this route's answers of ``status``."""

@@ -157,7 +157,6 @@ class Lane:
                     answer = self._answer(key, None if auth is None else auth.decode())
                 except Exception:  # a bug: the route answers (its guard makes it a JSON 500)
                     log.exception("bug: the hit lane failed on a GET of %r", key[:100])
-                    answer = None
             if answer is None:
                 self.follow(data[end:])
                 return answers, start
