@@ -34,6 +34,7 @@ from cachegrid.http.api import ENVELOPE_BYTES, Api, Limits
 from cachegrid.http.framework import add_not_found
 from cachegrid.http.listener import Listener
 from cachegrid.http.peers import Forwarder
+from cachegrid.http.pipes import Pipes
 from cachegrid.lifecycle import uncancellable, unless_stopped
 from cachegrid.localcache import LocalCache
 from cachegrid.metrics import Metrics
@@ -106,7 +107,12 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         max_batch_bytes=settings.max_batch_bytes, write_timeout=settings.write_timeout,
         access_log=settings.access_log,
     )  # fmt: skip
-    api = Api(node, coordinator, router, limits, traffic, tokens)
+    # The hit lane's forwards: pipelined connections to the peers (http/pipes.py).
+    pipes = Pipes(timeout=settings.forward_timeout, budget=router.budget,
+                  max_answer=config.store.max_value_bytes + 2 * ENVELOPE_BYTES, tls=peer_tls,
+                  peer_token=tokens.peer_token,
+                  idle=min(10.0, settings.idle_timeout / 2))  # fmt: skip
+    api = Api(node, coordinator, router, limits, traffic, tokens, pipes)
     api.add_routes(app)
     admin_api.add_routes(app)
     add_not_found(app)
@@ -120,8 +126,11 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     assert runner.server is not None  # set up just above
     # The hit lane answers plain hits ahead of aiohttp (http/lane.py); not with the access
     # log on, whose lines the routes' guard writes.
-    hits = api.lane_hit if settings.hit_lane and not settings.access_log else None
+    hits = api.lane_answer if settings.hit_lane and not settings.access_log else None
     listener = Listener(runner.server, settings.max_connections, metrics, hits)
+    metrics.gauge("cachegrid_peer_connections",
+                  "Pipelined connections to other nodes (the hit lane's forwards).",
+                  lambda: pipes.open)  # fmt: skip
     metrics.gauge("cachegrid_open_connections",
                   "Client connections open (node.max_connections: more are refused).",
                   lambda: listener.open)  # fmt: skip
@@ -144,7 +153,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     finally:
         # Shielded: a node cancelled while stopping still revokes its lease (others take
         # over at once) and closes its connections.
-        await uncancellable(_shutdown(coordinator, node, listener, runner, forwarder, store, etcd))
+        await uncancellable(
+            _shutdown(coordinator, node, listener, runner, forwarder, pipes, store, etcd)
+        )
 
 
 def store_credentials(security: SecurityConfig) -> Credentials:
@@ -184,7 +195,8 @@ def releaser(coordinator: Coordinator, node: Node,
 
 
 async def _shutdown(coordinator: Coordinator, node: Node, listener: Listener, runner: web.AppRunner,
-                    forwarder: Forwarder, store: QuorumStore, etcd: Etcd) -> None:  # fmt: skip
+                    forwarder: Forwarder, pipes: Pipes, store: QuorumStore,
+                    etcd: Etcd) -> None:  # fmt: skip
     """In the order of the module's docstring."""
     log.info("node leaving: releasing its keys, then revoking its lease",
              extra={"event": "node_stopping"})  # fmt: skip
@@ -193,6 +205,7 @@ async def _shutdown(coordinator: Coordinator, node: Node, listener: Listener, ru
     await listener.close()
     await runner.cleanup()
     await forwarder.close()
+    await pipes.close()
     await store.close()
     await etcd.close()
     log.info("node stopped", extra={"event": "node_stopped"})

@@ -11,6 +11,7 @@ import sys
 import orjson
 import pytest
 
+from cachegrid.ring import Ring
 from cachegrid.store import QuorumStore, Record, Replica
 from cachegrid.version import Version
 
@@ -336,8 +337,8 @@ async def test_a_node_that_is_gone_shows_as_down_until_forgotten(fresh_cluster, 
 
 async def test_hot_keys_are_listed_per_node_by_reads_and_writes(http, fresh_cluster) -> None:
     """GET /admin/hotkeys and `cachegrid admin hotkeys`: the keys clients read and wrote
-    most through each node, counted where the client sent them (a forward is not counted
-    again at the owner)."""
+    most through each node, counted where the client sent them (a forward, the hit lane's
+    over a pipelined connection too, is not counted again at the owner)."""
     cluster = await asyncio.to_thread(fresh_cluster)
     node0, node1 = cluster.urls[0], cluster.urls[1]
     for i in range(30):
@@ -361,6 +362,8 @@ async def test_hot_keys_are_listed_per_node_by_reads_and_writes(http, fresh_clus
     ]  # fmt: skip
     owners = [n for n in ("node1", "node2") if both["nodes"][n]["writes"]["keys"]]
     assert owners == [], "a forwarded write was counted again at its owner"
+    readers = [n for n in ("node0", "node2") if both["nodes"][n]["reads"]["keys"]]
+    assert readers == [], "a forwarded read was counted again at its owner"
     bad, _, error = await call(http, "GET", f"{node0}/admin/hotkeys?limit=0",
                                token=cluster.admin_token)  # fmt: skip
     assert (bad, error["error"]["code"]) == (400, "bad_request")
@@ -369,3 +372,13 @@ async def test_hot_keys_are_listed_per_node_by_reads_and_writes(http, fresh_clus
         cluster.admin_token, "hotkeys", "--limit", "1"], capture_output=True, text=True,
         timeout=60, check=True)  # fmt: skip
     assert re.search(r"^reads\s+popular\s+150\s", table.stdout, re.M), table.stdout
+    # Hits at the owner of GETs the lane forwarded over a pipelined connection: counted at
+    # node1 only.
+    status, _, ring = await call(http, "GET", f"{node0}/v1/ring")
+    key = next(k for k in (f"lane-read-{i}" for i in range(100))
+               if Ring.from_description(ring).owner(k) == "node0")  # fmt: skip
+    await call(http, "PUT", f"{node0}/v1/kv/{key}", json={"value": 1})
+    for _ in range(5):
+        assert (await call(http, "GET", f"{node1}/v1/kv/{key}"))[0] == 200
+    _, _, body = await call(http, "GET", f"{node0}/admin/hotkeys", token=cluster.admin_token)
+    assert key not in [entry["key"] for entry in body["reads"]["keys"]]

@@ -4,6 +4,7 @@ import asyncio
 import random
 import re
 import socket
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -335,39 +336,65 @@ async def test_batch_get_with_detail_says_who_served_each_key_and_how(http, clus
     assert (bad[0], bad[2]["error"]["code"]) == (400, "bad_request")
 
 
-async def test_forwarded_gets_share_batches_and_answer_as_the_owner_would(http, cluster) -> None:
-    """GETs forwarded to one owner together travel as batches; each answer is the one the
-    owner gives directly: body, status, ETag, X-Cache and the serving node."""
+async def metric(http, url: str, name: str, label: str = "") -> float:
+    """The sum of the series of ``name`` (with ``label`` in them) on the node at ``url``."""
+    async with http.get(f"{url}/metrics") as response:
+        page = await response.text()
+    return sum(float(line.split()[-1]) for line in page.splitlines()
+               if line.startswith(name) and label in line)  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ["lane", "route"])
+async def test_forwarded_gets_share_their_way_and_answer_as_the_owner_would(
+        http, cluster, path) -> None:  # fmt: skip
+    """GETs forwarded to one owner share their way there: plain ones (the hit lane's) a few
+    persistent pipelined connections, the others (here: each with a request id) batches;
+    each answer is the one the owner gives directly: body, status, ETag, X-Cache and the
+    serving node, plus this node's epoch."""
     ring = await ring_of(http, cluster)
     owner_url, via = cluster.urls[0], cluster.urls[1]
-    keys = [k for k in (f"fwd-{i}" for i in range(600)) if ring.owner(k) == "node0"][:150]
+    keys = [k for k in (f"fwd-{path}-{i}" for i in range(900)) if ring.owner(k) == "node0"][:150]
     for key in keys[:100]:  # the last 50 are never written: 404s
         await call(http, "PUT", f"{owner_url}/v1/kv/{key}", json={"value": {"k": key}})
+    batches = (http, owner_url, "cachegrid_responses_total", 'route="POST /v1/kv:batchGet"')
 
-    async def batches() -> float:
-        async with http.get(f"{owner_url}/metrics") as response:
-            page = await response.text()
-        return sum(float(line.split()[-1]) for line in page.splitlines()
-                   if line.startswith("cachegrid_responses_total")
-                   and 'route="POST /v1/kv:batchGet"' in line)  # fmt: skip
+    def headers(key: str) -> dict[str, str]:
+        return {"X-Request-Id": f"t-{key}"} if path == "route" else {}
 
-    before = await batches()
-    forwarded = await asyncio.gather(*(call(http, "GET", f"{via}/v1/kv/{k}") for k in keys))
-    sent = await batches() - before
-    # Forwards that meet in one loop turn share a batch; how many meet depends on how the
-    # requests arrive, so only sharing itself is required (a busy machine spreads them).
-    assert 1 <= sent < len(keys), f"{sent} batches for {len(keys)} forwarded GETs"
-    for key, (status, headers, body) in zip(keys, forwarded, strict=True):
+    at_once = asyncio.Semaphore(32)  # (within the pipes' 8 x 8: past it, GETs take batches)
+
+    async def get(key: str) -> tuple[int, Any, Any]:
+        async with at_once:
+            return await call(http, "GET", f"{via}/v1/kv/{key}", headers=headers(key))
+
+    before = await metric(*batches)
+    forwarded = await asyncio.gather(*(get(k) for k in keys))
+    sent = await metric(*batches) - before
+    if path == "route":
+        # Forwards that meet in one loop turn share a batch; how many meet depends on how
+        # the requests arrive, so only sharing itself is required (a busy machine spreads
+        # them).
+        assert 1 <= sent < len(keys), f"{sent} batches for {len(keys)} forwarded GETs"
+    else:
+        assert sent == 0
+        pipes = await metric(http, via, "cachegrid_peer_connections")
+        assert 1 <= pipes <= 8 * (len(cluster.urls) - 1), pipes  # Pipes.per_peer per peer
+        # Persistent: GETs one at a time reuse them, and open no more.
+        for k in keys[:20]:
+            await call(http, "GET", f"{via}/v1/kv/{k}")
+        assert await metric(http, via, "cachegrid_peer_connections") == pipes
+    for key, (status, got_headers, body) in zip(keys, forwarded, strict=True):
         direct_status, direct_headers, direct_body = await call(
             http, "GET", f"{owner_url}/v1/kv/{key}"
         )
-        if status != 200:  # each error names its own request
+        if status != 200:  # each error names its own request, in the body and the header
+            assert got_headers["X-Request-Id"] == body["error"]["request_id"]
             assert body["error"].pop("request_id") != direct_body["error"].pop("request_id")
         assert (status, body) == (direct_status, direct_body)
         for name in ("ETag", "X-Cachegrid-Node", "Content-Type"):
-            assert headers.get(name) == direct_headers.get(name), name
-        assert headers["X-Cache"] in ("hit", "miss")
-        assert headers["X-Cachegrid-Epoch"]
+            assert got_headers.get(name) == direct_headers.get(name), name
+        assert got_headers["X-Cache"] in ("hit", "miss")
+        assert got_headers["X-Cachegrid-Epoch"] == str(ring.epoch)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "setting"), [

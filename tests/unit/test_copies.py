@@ -109,3 +109,25 @@ def test_a_read_that_cannot_forward_leaves_the_renewal_to_the_next_that_can() ->
     assert holder.serve("k") is None  # the route: this read renews
     assert copy.renewing
     assert holder.serve("k", renew=False) is copy  # the others use the copy meanwhile
+
+
+def test_the_lanes_forward_leaves_asks_and_renewals_to_the_route() -> None:
+    """``would_ask``: a forward that cannot carry an ask (the hit lane's) is told which reads
+    must go the route's way: a key forwarded often enough to ask a lease of, and a key whose
+    copy is due for renewal; not a cold key, nor one whose ask is already in flight."""
+    now = [0.0]
+    holder = HolderLeases("n1", View(), peers=None, settings=LeaseSettings(threshold=3.0),  # type: ignore[arg-type]
+                          metrics=Metrics(), clock=lambda: now[0])  # fmt: skip
+    assert not holder.would_ask("cold")
+    holder.forwarding("warm")
+    assert not holder.would_ask("warm")  # 2 a second with this read: below the threshold
+    holder.forwarding("warm")
+    assert holder.would_ask("warm")  # this read would make it 3: the route asks
+    holder.forwarding("warm")  # the route's forward counts it, then asks
+    assert holder.asks(["warm"], "owner")
+    assert not holder.would_ask("warm")  # asked already: forwarded plainly meanwhile
+    table = holder.copies
+    assert table.install(asked(table), entry(1), term=1.0, margin=0.1, now=0.0, session=7)
+    now[0] = 0.8
+    assert holder.serve("k", renew=False) is None  # due: the lane does not serve it...
+    assert holder.would_ask("k")  # ...nor forward it: the route renews

@@ -25,7 +25,8 @@ class Source:
     def __init__(self) -> None:
         self.asked: list[tuple[str, str | None]] = []
 
-    def __call__(self, key: str, authorization: str | None) -> bytes | None:
+    def __call__(self, key: str, authorization: str | None, forward: bool = True
+                 ) -> bytes | None:  # fmt: skip
         self.asked.append((key, authorization))
         return f"<{key}>".encode() if key in CACHED else None
 
@@ -240,7 +241,7 @@ def test_the_lane_answers_only_what_aiohttp_reads_as_that_same_get(
     head = (f"GET {target} HTTP/{version}\r\n" + "".join(line + end for line, end in lines)
             + "\r\n").encode("latin-1")  # fmt: skip
     source = Source()
-    lane = Lane(lambda key, auth: source(key, auth) or b"<any>")
+    lane = Lane(lambda key, auth, forward: source(key, auth) or b"<any>")
     answers, _taken = lane.take(head, 1 << 20)
     if not answers:
         return

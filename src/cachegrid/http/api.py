@@ -38,9 +38,10 @@ from cachegrid.errors import (
     Unavailable,
     VersionMismatch,
 )
-from cachegrid.headers import EPOCH_HEADER, JSON, NODE_HEADER, REPLICA_HEADER
+from cachegrid.headers import EPOCH_HEADER, HOPS_HEADER, JSON, NODE_HEADER, REPLICA_HEADER
 from cachegrid.hotkeys import KeyTraffic
 from cachegrid.http.conditions import condition_of
+from cachegrid.http.forwards import LaneForwards
 from cachegrid.http.framework import (
     Admission,
     Answer,
@@ -56,6 +57,8 @@ from cachegrid.http.framework import (
     read_json,
     send,
 )
+from cachegrid.http.lane import Pending
+from cachegrid.http.pipes import Pipes
 from cachegrid.http.wire import EncodedResponse, HitPrefix, usable
 from cachegrid.keys import check_key
 from cachegrid.localcache import Entry, entry_body, entry_etag, is_tombstone
@@ -126,7 +129,8 @@ class Readiness(Protocol):
 
 class Api:
     def __init__(self, node: Node, coordinator: Readiness, router: Router,
-                 limits: Limits, traffic: KeyTraffic, tokens: Tokens) -> None:  # fmt: skip
+                 limits: Limits, traffic: KeyTraffic, tokens: Tokens,
+                 pipes: Pipes | None = None) -> None:  # fmt: skip
         self.node = node
         self.tokens = tokens  # who may read, write, or speak as a peer (auth.py)
         self.traffic = traffic  # the keys clients read and write most here
@@ -141,13 +145,22 @@ class Api:
         self._replica_prefixes: dict[str, HitPrefix] = {}  # by owner (one per member)
         route = Recorder(node.metrics, f"GET {KV_ROUTE}")  # the GET route's metrics
         self._lane_seconds, self._lane_ok = route.latency, route.responses(200)
+        # With ``pipes``, the lane forwards GETs of other nodes' keys over them.
+        self._forwards = (
+            LaneForwards(self.node_id, pipes, router, self.admission, route,
+                         node.metrics.forwarded) if pipes is not None else None
+        )  # fmt: skip
 
-    def lane_hit(self, key: str, authorization: str | None) -> bytes | None:
+    def lane_answer(self, key: str, authorization: str | None,
+                    forward: bool) -> bytes | Pending | None:  # fmt: skip
         """The whole answer to a plain ``GET /v1/kv/{key}`` if it is a hit here (a value
-        this node serves from its cache, or a live read-lease copy), for the hit lane
-        (http/lane.py); None for anything else, which then takes the route. The same bytes,
+        this node serves from its cache, or a live read-lease copy), or, for a key another
+        node owns, the answer to come of its forward (http/forwards.py; only with
+        ``forward``: not for a request a peer forwarded here); for the hit lane
+        (http/lane.py). None for anything else, which then takes the route. The same bytes,
         metrics, counting and refusals as the route: a token that may not read, and a node
-        at its admission limit (429), are the route's to answer."""
+        at its admission limit (429), are the route's to answer. A read is counted among
+        the node's hot keys where the client sent it, not again where it was forwarded."""
         started = time.perf_counter()
         if not self.tokens.data_open:
             try:
@@ -162,9 +175,15 @@ class Api:
             seconds = self._lane_seconds["replica"]
         elif (entry := self.node.hit(key, tombstones=False)) is not None:
             answer, seconds = self._hit_prefix.current() + entry, self._lane_seconds["hit"]
+        elif forward and self._forwards is not None:
+            pending = self._forwards.forward(key, self.coordinator.ring)
+            if pending is not None:
+                self.traffic.reads.add(key)
+            return pending
         else:
             return None
-        self.traffic.reads.add(key)
+        if forward:  # (else a peer forwarded it: counted where the client sent it)
+            self.traffic.reads.add(key)
         seconds.observe(time.perf_counter() - started)  # (the route's metrics, as it would)
         self._lane_ok.inc()
         return answer
@@ -205,7 +224,8 @@ class Api:
         if encoded and ("If-None-Match" in headers or "If-Match" in headers):
             return await self._conditional_get(request, parse_condition(request))
         key = key_of(request)
-        self.traffic.reads.add(key)
+        if HOPS_HEADER not in headers:  # (counted where the client sent it)
+            self.traffic.reads.add(key)
         # The hot paths: no validation needed (only valid keys are ever held), nothing
         # awaited. A live read-lease copy is always a linearizable answer, so it may be
         # looked up first (a node holds none of the keys it owns).

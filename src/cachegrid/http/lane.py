@@ -1,7 +1,8 @@
 """The hit lane: cache hits answered straight from a connection's bytes, ahead of aiohttp.
 
 Owns: finding, in the bytes a connection received, the leading requests that are plain
-hits, and knowing from every byte received whether the connection is between two requests.
+hits (or plain GETs another node owns, forwarded: http/pipes.py), and knowing from every
+byte received whether the connection is between two requests.
 It is sans-I/O (as httpcore keeps its state machine apart from its reads and writes): it
 takes bytes and gives answers and the offset where aiohttp takes over; the connection's
 protocol (http/listener.py) does the writing.
@@ -14,13 +15,16 @@ body's length or coding), no header aiohttp refuses twice repeated, and at most 
 ``Authorization`` of visible ASCII; whether it is a hit is the ``HitSource``'s to say
 (http/api.py). aiohttp's route gives such a request the same bytes (its pre-encoded
 answer, http/wire.py) and the same metrics; the lane only saves aiohttp's request objects,
-routing and task around it.
+routing and task around it. The source may also answer with a ``Pending`` answer, whose
+bytes come later: a GET it forwarded to the key's owner.
 
 Invariants:
 - Order: the lane answers only while aiohttp has no request of the connection queued or in
   progress (``open`` and the protocol's idle check), and stops at the first request it does
   not answer: that request and every byte after it go to aiohttp, until aiohttp is idle and
-  the connection is between requests again. So answers leave in the order asked.
+  the connection is between requests again. The answers of one ``take`` are written
+  together, in order, once the pending ones among them are ready; until then the
+  connection's later bytes wait, aiohttp's too. So answers leave in the order asked.
 - Framing: every byte the connection receives, answered here or not, is fed once to one
   llhttp parser (httptools), so ``open`` is true exactly between two requests (a body,
   chunked or not, and a partial head included). Bytes it cannot parse close the lane for
@@ -33,13 +37,59 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from typing import Protocol
 
 import httptools
 
 log = logging.getLogger(__name__)
 
-# (key, Authorization header or None) -> the whole encoded answer of a hit, or None.
-HitSource = Callable[[str, str | None], bytes | None]
+
+class Held(Protocol):
+    """Bytes reserved in the node's budget (budget.py), given back by ``close``."""
+
+    def close(self) -> None: ...
+
+
+class Pending:
+    """An answer whose bytes come later (a forward under way): set once with ``ready``,
+    which tells the one listener, if any (no event loop hop: this is on every forward);
+    ``held``: budget its bytes hold until ``release`` (once written on)."""
+
+    __slots__ = ("_listener", "held", "result")
+
+    def __init__(self) -> None:
+        self.result: bytes | None = None
+        self.held: Held | None = None
+        self._listener: Callable[[], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Pending ready={self.result is not None}>"
+
+    def ready(self, answer: bytes, held: Held | None = None) -> None:
+        self.result, self.held = answer, held
+        if self._listener is not None:
+            self._listener()
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.held.close()
+            self.held = None
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` once the answer is ready (at once if it is)."""
+        self._listener = listener
+        if self.result is not None:
+            listener()
+
+
+# An answer: its bytes, or bytes to come (a forward under way).
+Answer = bytes | Pending
+# (key, Authorization header or None, may forward) -> the whole encoded answer, or None:
+# not the lane's. A request a peer forwarded (it has X-Cachegrid-Hops) may not be forwarded
+# again here: the route counts its hops.
+HitSource = Callable[[str, str | None, bool], Answer | None]
+# What a pending answer counts against a take's byte budget: at most 16 forwards a read.
+PENDING_BYTES = 4096
 
 # The request line of a GET the lane may answer: HTTP/1.1, a key's path of visible ASCII
 # without "%", "?", "#", not starting with "." (the group is the key). A key with a dot
@@ -61,6 +111,7 @@ _SINGLE = {b"host": 1, b"user-agent": 2, b"content-type": 4, b"etag": 8, b"serve
            b"authorization": 256}  # fmt: skip
 _HOST = 1
 _AUTHORIZATION = 256
+_HOPS = b"x-cachegrid-hops"
 # An Authorization value the lane passes on: visible ASCII, spaces and tabs (others are
 # decoded and trimmed differently by aiohttp: the route judges those).
 _PLAIN_VALUE = re.compile(rb"[\x20-\x7e\t]*")
@@ -76,11 +127,13 @@ class Lane:
         "_broken",
         "_done",
         "_fields",
+        "_hopped",
         "_keep_alive",
         "_parser",
         "_plain",
         "_seen",
         "open",
+        "pending",
     )  # fmt: skip
 
     def __init__(self, answer: HitSource) -> None:
@@ -95,7 +148,9 @@ class Lane:
         self._plain = True  # no header seen so far keeps the request from the lane
         self._fields = 0
         self._seen = 0  # the bits (_SINGLE) of the headers seen once in this request
+        self._hopped = False  # the request has X-Cachegrid-Hops: a peer forwarded it
         self._keep_alive = False  # the request just completed leaves the connection open
+        self.pending = 0  # the answers of the last ``take`` that are ``Pending``
 
     def __repr__(self) -> str:
         return f"<Lane open={self.open} requests={self._done}>"
@@ -106,12 +161,15 @@ class Lane:
         self._begun += 1
         self.open = False
         self._auth, self._plain, self._fields, self._seen = None, True, 0, 0
+        self._hopped = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
         lowered = name.lower()
         if lowered in _DECLINED:
             self._plain = False
+        elif lowered == _HOPS:
+            self._hopped = True
         elif bit := _SINGLE.get(lowered, 0):
             if self._seen & bit:
                 self._plain = False  # twice
@@ -129,13 +187,15 @@ class Lane:
 
     # -- the two ways bytes pass --------------------------------------------------------
 
-    def take(self, data: bytes, budget: int) -> tuple[list[bytes], int]:
+    def take(self, data: bytes, budget: int) -> tuple[list[Answer], int]:
         """The answers of ``data``'s leading plain hits, and how many bytes of it they
         were; no more answers once they hold ``budget`` bytes (a client pipelining small
-        requests for big answers cannot make one read cost more than that). Call only
+        requests for big answers cannot make one read cost more than that; a pending
+        answer counts ``PENDING_BYTES``); ``pending``: how many are ``Pending``. Call only
         while ``open`` and aiohttp is idle; the bytes from the offset on are aiohttp's
         (which answers with back-pressure of its own), and already followed here."""
-        answers: list[bytes] = []
+        answers: list[Answer] = []
+        self.pending = 0
         start, size = 0, len(data)
         while start < size and budget > 0:
             end = data.find(b"\r\n\r\n", start) + 4
@@ -154,14 +214,19 @@ class Lane:
                     and "/." not in (key := line[1].decode())):  # fmt: skip
                 auth = self._auth
                 try:
-                    answer = self._answer(key, None if auth is None else auth.decode())
+                    answer = self._answer(key, None if auth is None else auth.decode(),
+                                          not self._hopped)  # fmt: skip
                 except Exception:  # a bug: the route answers (its guard makes it a JSON 500)
                     log.exception("bug: the hit lane failed on a GET of %r", key[:100])
             if answer is None:
                 self.follow(data[end:])
                 return answers, start
             answers.append(answer)
-            budget -= len(answer)
+            if isinstance(answer, bytes):
+                budget -= len(answer)
+            else:
+                self.pending += 1
+                budget -= PENDING_BYTES
             start = end
         if start < size:
             self.follow(data[start:])

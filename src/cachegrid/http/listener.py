@@ -20,6 +20,9 @@ Invariants:
 - The lane's answers obey the same rules as aiohttp's: written only while aiohttp is idle,
   each one restarting the idle timer, and past the transport's high-water mark the
   connection is read no further until the client has read them (back-pressure).
+- While answers the lane took are pending (forwards, http/pipes.py), nothing else of the
+  connection is parsed or answered: its later bytes wait (reading paused past the
+  high-water mark), and a graceful stop waits for the pending answers before closing.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from aiohttp.web_request import BaseRequest
 from cachegrid.errors import BadRequest, CachegridError, HeaderTooLarge, Unavailable
 from cachegrid.headers import JSON
 from cachegrid.http.framework import error_body
-from cachegrid.http.lane import HitSource, Lane
+from cachegrid.http.lane import Answer, HitSource, Lane, Pending
 from cachegrid.http.wire import HIGH_WATER
 from cachegrid.logs import Throttle
 from cachegrid.metrics import Count, Metrics
@@ -84,14 +87,20 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
     answering a request it cannot parse in JSON (tests/integration/test_api.py)."""
 
     class DataHandler(RequestHandler):
-        __slots__ = ("_lane", "_lane_held")
+        __slots__ = ("_lane", "_lane_held", "_lane_reserved", "_lane_waiting")
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._lane = Lane(hits) if hits is not None else None
             self._lane_held = False  # reading paused by the lane, for its answers to drain
+            self._lane_waiting: _Waiting | None = None  # a take with answers pending
+            # The budget forwarded answers hold while the client has not read them.
+            self._lane_reserved: list[Pending] = []
 
         def data_received(self, data: bytes) -> None:
+            if (waiting := self._lane_waiting) is not None:
+                waiting.later(data)  # behind answers still pending: in order, after them
+                return
             lane = self._lane
             if lane is None or not data or self._force_close or self._close:
                 super().data_received(data)  # (aiohttp reparses what it holds on b"")
@@ -102,8 +111,16 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
             if (lane.open and waiter is not None and not waiter.done()
                     and not self._messages):  # fmt: skip
                 answers, taken = lane.take(data, HIGH_WATER)
+                if lane.pending:
+                    self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+                    waiting = _Waiting(self, answers, lane.pending, data[taken:])
+                    self._lane_waiting = waiting
+                    waiting.listen()  # (after: an answer ready at once ends the wait)
+                    return
                 if answers and (transport := self.transport) is not None:
-                    transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
+                    # (none pending: all are bytes; no typing.cast on the hot path, a call)
+                    one = answers[0] if len(answers) == 1 else b"".join(answers)  # type: ignore[arg-type]
+                    transport.write(one)  # type: ignore[arg-type]
                     self._answered()
                 if taken == len(data):
                     return
@@ -111,6 +128,29 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
             else:
                 lane.follow(data)
             super().data_received(data)
+
+        def lane_ready(self, answers: list[bytes], rest: bytes, later: bytes) -> None:
+            """The pending answers of a take are ready: write them all, in order; then
+            the bytes that waited behind them go on (``rest`` to aiohttp: the lane has
+            followed it already; ``later``, received since, as any read: a client that
+            does not read gets at most one more take, of at most 16 forwards, before
+            reading stops)."""
+            self._lane_waiting = None
+            if self.transport is None:
+                return  # the client went away meanwhile
+            self.transport.write(b"".join(answers))
+            self._answered()
+            if rest:
+                super().data_received(rest)
+            if later:
+                self.data_received(later)
+
+        async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's)
+            """A graceful stop: the lane's pending answers first (each ends within the
+            forward timeout), then aiohttp's own drain."""
+            if (waiting := self._lane_waiting) is not None:
+                await asyncio.wait([waiting.settled()], timeout=timeout)
+            await super().shutdown(timeout)
 
         def _answered(self) -> None:
             # An answer is activity: the idle timer (node.idle_timeout) runs from it, as
@@ -122,14 +162,40 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
                 self._lane_held = True
                 self._pause_transport_reading()
 
+        def lane_written(self, answers: list[Answer]) -> None:
+            """The answers of a take are written (or the client is gone): the budget their
+            bytes hold is given back once the client has read them (below the high-water
+            mark), so a client that does not read holds its share of the node's budget."""
+            held = [a for a in answers if isinstance(a, Pending) and a.held is not None]
+            if held and self._paused and self.transport is not None:
+                self._lane_reserved += held
+            else:
+                for answer in held:
+                    answer.release()
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            reserved, self._lane_reserved = self._lane_reserved, []
+            for answer in reserved:
+                answer.release()
+            super().connection_lost(exc)
+
         def resume_writing(self) -> None:
             super().resume_writing()
+            reserved, self._lane_reserved = self._lane_reserved, []
+            for answer in reserved:
+                answer.release()
             if self._lane_held:
                 self._lane_held = False
                 if not self._buffer_paused and not self._reading_paused:
                     self._resume_transport_reading()
 
         def _process_keepalive(self) -> None:
+            if self._lane_waiting is not None and not self._force_close:
+                # The lane's answers are pending (forwards): not idle; look again later.
+                close_time = self._loop.time() + self._keepalive_timeout
+                self._next_keepalive_close_time = close_time
+                self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+                return
             closing = self._force_close
             super()._process_keepalive()
             if self._force_close and not closing:
@@ -150,6 +216,52 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
             return answer
 
     return DataHandler
+
+
+class _Waiting:
+    """The answers of one take while some are pending, and the bytes behind them."""
+
+    __slots__ = ("_answers", "_handler", "_later", "_left", "_paused", "_rest", "_settled")
+
+    def __init__(self, handler: Any, answers: list[Answer], pending: int, rest: bytes) -> None:
+        self._handler, self._answers, self._left, self._rest = handler, answers, pending, rest
+        self._later: list[bytes] = []
+        self._paused = False
+        self._settled: asyncio.Future[None] | None = None
+
+    def listen(self) -> None:
+        for answer in self._answers:
+            if isinstance(answer, Pending):
+                answer.listen(self._ready)
+
+    def later(self, data: bytes) -> None:
+        """Bytes received meanwhile: kept, and past the high-water mark, no more read."""
+        self._later.append(data)
+        if not self._paused and sum(map(len, self._later)) > HIGH_WATER:
+            self._paused = True
+            self._handler._pause_transport_reading()
+
+    def _ready(self) -> None:
+        self._left -= 1
+        if self._left:
+            return
+        handler = self._handler
+        if self._paused and not (handler._lane_held or handler._buffer_paused
+                                 or handler._reading_paused):  # fmt: skip
+            handler._resume_transport_reading()
+        answers = [a if isinstance(a, bytes) else a.result for a in self._answers]
+        try:
+            handler.lane_ready(answers, self._rest, b"".join(self._later))
+        finally:  # (written, or the client is gone)
+            handler.lane_written(self._answers)
+            if self._settled is not None and not self._settled.done():
+                self._settled.set_result(None)
+
+    def settled(self) -> asyncio.Future[None]:
+        """Done once every pending answer is ready and written."""
+        if self._settled is None:
+            self._settled = asyncio.get_running_loop().create_future()
+        return self._settled
 
 
 def unparsed_error(status: int, reason: str, exc: BaseException | None) -> CachegridError:

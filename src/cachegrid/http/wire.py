@@ -1,6 +1,7 @@
 """Pre-encoded HTTP/1.1 answers for cache hits: the bytes a hit writes, built once per entry.
 
-Owns: the exact wire form of a 200 GET answer, and writing it straight to the connection.
+Owns: the exact wire form of a 200 GET answer, and writing it straight to the connection;
+and the wire form of the answers the hit lane passes back from an owner (``encode``).
 aiohttp's ``web.Response`` builds a header multidict, formats and serializes it for every
 answer; on a hit that costs more than everything else the node does (bench/harness.py), so
 the fixed parts are encoded ahead: the status line and per-node headers once a second (the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
@@ -31,6 +33,34 @@ from cachegrid import requestids
 
 # Above this many bytes waiting in the transport, a hit awaits the drain.
 HIGH_WATER = 64 * 1024
+
+
+# Status lines by status.
+_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode()
+                 for status in HTTPStatus}  # fmt: skip
+
+
+class DateLine:
+    """The ``Date`` header line, re-encoded when the second changes."""
+
+    __slots__ = ("_line", "_second")
+
+    def __init__(self) -> None:
+        self._second, self._line = -1, b""
+
+    def current(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._line = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+            self._second = now
+        return self._line
+
+
+def encode(status: int, date: bytes, headers: bytes, body: bytes) -> bytes:
+    """A whole HTTP/1.1 keep-alive answer: ``headers`` are complete lines (CRLF each);
+    Content-Length is added."""
+    line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+    return b"%s%s%sContent-Length: %d\r\n\r\n%s" % (line, date, headers, len(body), body)
 
 
 class HitPrefix:

@@ -300,6 +300,17 @@ class HolderLeases:
         self._replica_hits.inc()
         return copy
 
+    def would_ask(self, key: str) -> bool:
+        """True if a read of ``key`` forwarded now should ask (or renew) a lease of it, as
+        ``asks`` would decide after counting it; no side effect. A forward that cannot
+        carry an ask (the hit lane's) leaves such a read to one that can."""
+        if not self.settings.enabled or self.copies.asking(key) or not self.view.lease_alive():
+            return False
+        if self.copies.holds(key):
+            return True  # a copy due for renewal, or lapsed while the key was hot
+        counter = self._forwards  # (this read counted: one more event in its window)
+        return counter.rate(key, self._clock()) + 1 / counter.window >= self.settings.threshold
+
     def forwarding(self, key: str) -> None:
         """Count a read of ``key`` forwarded to its owner."""
         if self.settings.enabled:

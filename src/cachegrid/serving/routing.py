@@ -100,20 +100,33 @@ class Router:
     @contextmanager
     def _slot(self, owner: Member) -> Iterator[None]:
         """One of the owner's ``max_per_owner`` slots while a request waits on it."""
+        self.claim(owner)
+        try:
+            yield
+        finally:
+            self.give_back(owner.addr)
+
+    def claim(self, owner: Member) -> None:
+        """Take one of the owner's ``max_per_owner`` slots for a request about to wait on
+        it (Unavailable, counted, if none is left); ``give_back`` it once answered."""
         taken = self._forwarding.get(owner.addr, 0)
         if taken >= self.max_per_owner:
             self.node.metrics.forward_refused.inc()
             raise Unavailable(f"{taken} requests already wait on owner {owner.node_id}; "
                               "retry (node.max_forwards_per_owner)")  # fmt: skip
         self._forwarding[owner.addr] = taken + 1
-        try:
-            yield
-        finally:
-            left = self._forwarding[owner.addr] - 1
-            if left:
-                self._forwarding[owner.addr] = left
-            else:
-                del self._forwarding[owner.addr]
+
+    def slot_free(self, addr: str) -> bool:
+        """True if a request may wait on the owner at ``addr`` now (``claim`` would not
+        refuse it)."""
+        return self._forwarding.get(addr, 0) < self.max_per_owner
+
+    def give_back(self, addr: str) -> None:
+        left = self._forwarding[addr] - 1
+        if left:
+            self._forwarding[addr] = left
+        else:
+            del self._forwarding[addr]
 
     def expected_bytes(self, keys: int) -> int:
         """What a batchGet of ``keys`` keys will likely hold, taken before it starts: each
