@@ -82,6 +82,19 @@ async def test_the_lanes_answer_is_the_routes_and_counted_as_its(http, cluster) 
                                   status="200") == oks + 3  # fmt: skip
 
 
+async def test_the_first_request_of_a_new_connection_takes_the_lane(http, cluster) -> None:
+    """A GET sent on a new connection, as a client that connects per request sends it,
+    through a node that does not own the key: the lane forwards it (no request id made,
+    which the route's batched forward makes). Before, the first request of a connection
+    always took the route: aiohttp's connection task had not run when it arrived."""
+    (key,) = await owned_keys(http, cluster.urls[0], 1, "lane-first")
+    for _ in range(3):
+        (answer,) = await raw_exchange(cluster.urls[1], request(key), 1)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+        assert b"\r\nX-Cachegrid-Epoch: " in answer
+        assert b"X-Request-Id" not in answer, answer
+
+
 def mixed_requests(key: str, written: str) -> list[tuple[bytes, int, bytes | None]]:
     """(request, its status, a body it must answer or None) of every framing."""
     value = orjson.dumps({"value": {"n": 7}})

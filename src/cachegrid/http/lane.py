@@ -20,11 +20,13 @@ bytes come later: a GET it forwarded to the key's owner.
 
 Invariants:
 - Order: the lane answers only while aiohttp has no request of the connection queued or in
-  progress (``open`` and the protocol's idle check), and stops at the first request it does
-  not answer: that request and every byte after it go to aiohttp, until aiohttp is idle and
-  the connection is between requests again. The answers of one ``take`` are written
-  together, in order, once the pending ones among them are ready; until then the
-  connection's later bytes wait, aiohttp's too. So answers leave in the order asked.
+  progress (``open`` and the protocol's idle check: aiohttp waits for a request with none
+  queued, or has not been given a byte of the connection yet), and stops at the first
+  request it does not answer: that request and every byte after it go to aiohttp, until
+  aiohttp is idle and the connection is between requests again. The answers of one
+  ``take`` are written together, in order, once the pending ones among them are ready;
+  until then the connection's later bytes wait, aiohttp's too. So answers leave in the
+  order asked.
 - Framing: every byte the connection receives, answered here or not, is fed once to one
   llhttp parser (httptools), so ``open`` is true exactly between two requests (a body,
   chunked or not, and a partial head included). Bytes it cannot parse close the lane for

@@ -87,12 +87,16 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
     answering a request it cannot parse in JSON (tests/integration/test_api.py)."""
 
     class DataHandler(RequestHandler):
-        __slots__ = ("_lane", "_lane_held", "_lane_reserved", "_lane_waiting")
+        __slots__ = ("_fed", "_lane", "_lane_held", "_lane_reserved", "_lane_waiting")
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._lane = Lane(hits) if hits is not None else None
             self._lane_held = False  # reading paused by the lane, for its answers to drain
+            # aiohttp has been given bytes of this connection: until then it has no request
+            # (its connection task may not even have run yet: the first request of a new
+            # connection arrives before it does), and the lane may answer whatever it waits.
+            self._fed = False
             self._lane_waiting: _Waiting | None = None  # a take with answers pending
             # The budget forwarded answers hold while the client has not read them.
             self._lane_reserved: list[Pending] = []
@@ -103,13 +107,15 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
                 return
             lane = self._lane
             if lane is None or not data or self._force_close or self._close:
+                self._fed = self._fed or bool(data)
                 super().data_received(data)  # (aiohttp reparses what it holds on b"")
                 return
-            # aiohttp waits for a request and has none queued: no answer of its own is
-            # being made or written, so the lane's cannot overtake or cut into one.
+            # aiohttp has had nothing yet, or waits for a request and has none queued: no
+            # answer of its own is being made or written, so the lane's cannot overtake or
+            # cut into one.
             waiter = self._waiter
-            if (lane.open and waiter is not None and not waiter.done()
-                    and not self._messages):  # fmt: skip
+            if lane.open and (not self._fed or (waiter is not None and not waiter.done()
+                                                and not self._messages)):  # fmt: skip
                 answers, taken = lane.take(data, HIGH_WATER)
                 if lane.pending:
                     self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
@@ -127,6 +133,7 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
                 data = data[taken:]
             else:
                 lane.follow(data)
+            self._fed = True
             super().data_received(data)
 
         def lane_ready(self, answers: list[bytes], rest: bytes, later: bytes) -> None:
@@ -141,6 +148,7 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
             self.transport.write(b"".join(answers))
             self._answered()
             if rest:
+                self._fed = True
                 super().data_received(rest)
             if later:
                 self.data_received(later)
