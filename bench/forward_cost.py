@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 from cachegrid.devcluster.servers import NodeProcess
-from cachegrid.ring import Ring
-from harness import http, planned, wrk
-from vs_redis import pin
+from harness import leases_off, started, written_keys, wrk
+from vs_redis import LOAD_CORE, pin_cluster
 
 KEYS = 500
 VALUE = "x" * 94
 CONNECTIONS = 32
-NODE_CORE, LOAD_CORE = "1", "0"
 
 
 def cpu_seconds(nodes: list[NodeProcess]) -> float:
@@ -52,32 +49,14 @@ def per_request(nodes: list[NodeProcess], target: str, paths: list[str],
 
 
 def main(seconds: float) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        cluster = planned(Path(tmp), 2)
-        cluster.start()
-        try:
-            config = cluster.data_dir / "cachegrid.toml"  # (written by start)
-            config.write_text(config.read_text() + "read_lease_threshold = 0\n")
-            for node in cluster.nodes:
-                node.stop()
-                node.start(timeout=60)
-            owner, other = cluster.nodes
-            ring = Ring.from_description(http("GET", f"{owner.url}/v1/ring"))
-            keys = [k for k in (f"key:{i}" for i in range(5 * KEYS))
-                    if ring.owner(k) == owner.node_id][:KEYS]  # fmt: skip
-            for key in keys:
-                http("PUT", f"{owner.url}/v1/kv/{key}", {"value": VALUE})
-            for node in cluster.nodes:
-                assert node.pid is not None
-                pin(node.pid, NODE_CORE)
-            for server in [*cluster.redis, *cluster.etcd]:  # the store idles: hits only
-                assert server.pid is not None
-                pin(server.pid, LOAD_CORE)
-            paths = [f"/v1/kv/{key}" for key in keys]
-            hits, hit_rate = per_request(cluster.nodes, owner.url, paths, seconds)
-            forwards, forwarded_rate = per_request(cluster.nodes, other.url, paths, seconds)
-        finally:
-            cluster.stop()
+    with started(2) as cluster:
+        leases_off(cluster)
+        owner, other = cluster.nodes
+        keys = written_keys(owner, KEYS, VALUE)
+        pin_cluster(cluster)
+        paths = [f"/v1/kv/{key}" for key in keys]
+        hits, hit_rate = per_request(cluster.nodes, owner.url, paths, seconds)
+        forwards, forwarded_rate = per_request(cluster.nodes, other.url, paths, seconds)
     hit, forwarded = sum(hits), sum(forwards)
     print(f"hit at the owner: {hit:.1f} µs of CPU per GET ({hit_rate:,.0f} GETs/s)")
     print(f"through the other node: {forwarded:.1f} µs of CPU per GET, both nodes: "

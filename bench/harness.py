@@ -35,7 +35,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +45,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 from cachegrid.devcluster.cluster import LocalCluster
-from cachegrid.devcluster.servers import PortAllocator, bindable
+from cachegrid.devcluster.servers import NodeProcess, PortAllocator, bindable
 from cachegrid.ring import Ring
 from cachegrid.store import QuorumStore, Record, Replica
 from cachegrid.version import Version
@@ -138,10 +140,33 @@ def free_base(ports: PortAllocator) -> int:
 
 def planned(data_dir: Path, nodes: int, ports: PortAllocator | None = None) -> LocalCluster:
     """A local cluster of ``nodes`` nodes and 3 Redis replicas (AOF everysec), not started;
-    its config file (``data_dir / "cachegrid.toml"``) may be extended before it is."""
+    ``start`` writes its config file, which ``reconfigured`` extends."""
     return LocalCluster.plan(data_dir, nodes=nodes, replicas=3,
                              base_port=free_base(ports or PortAllocator()),
                              appendfsync="everysec")  # fmt: skip
+
+
+@contextmanager
+def started(nodes: int) -> Iterator[LocalCluster]:
+    """A ``planned`` cluster in a temporary directory, started; stopped on the way out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = planned(Path(tmp), nodes)
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+def written_keys(owner: NodeProcess, count: int, value: object, prefix: str = "key:") -> list[str]:
+    """``count`` keys (``prefix`` and a number) that ``owner`` owns, each written through it
+    with ``value``."""
+    ring = Ring.from_description(http("GET", f"{owner.url}/v1/ring"))
+    keys = [k for k in (f"{prefix}{i}" for i in range(10 * count))
+            if ring.owner(k) == owner.node_id][:count]  # fmt: skip
+    for key in keys:
+        http("PUT", f"{owner.url}/v1/kv/{key}", {"value": value})
+    return keys
 
 
 async def direct_store(cluster: LocalCluster, seconds: float, concurrency: int) -> dict:
@@ -306,8 +331,14 @@ def write_costs(cluster: LocalCluster, leased: str, plain: str, count: int) -> d
 
 def leases_off(cluster: LocalCluster) -> None:
     """Restart every node with read leases off (one at a time: the cluster keeps serving)."""
+    reconfigured(cluster, "read_lease_threshold = 0\n")
+
+
+def reconfigured(cluster: LocalCluster, settings: str) -> None:
+    """Restart every node (one at a time: the cluster keeps serving) with ``settings`` (TOML
+    lines of the node section) added to its config."""
     config = cluster.data_dir / "cachegrid.toml"
-    config.write_text(config.read_text() + "read_lease_threshold = 0\n")
+    config.write_text(config.read_text() + settings)
     for node in cluster.nodes:
         node.stop()
         node.start(timeout=60)

@@ -20,14 +20,12 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from cachegrid.devcluster.servers import NodeProcess
-from cachegrid.ring import Ring
-from harness import http, planned
+from harness import reconfigured, started, written_keys
 
 KEYS = 100
 VALUE = "x" * 94  # ~100-byte values, as bench/vs_redis.py
@@ -105,30 +103,19 @@ def per_request(nodes: list[NodeProcess], target: NodeProcess, keys: list[str], 
 
 
 def main(requests: int, keep: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        cluster = planned(Path(tmp), 2)
-        config = cluster.data_dir / "cachegrid.toml"
-        cluster.start()
-        try:
-            # Slow under valgrind: a longer lease, and no stale checks (store reads); no read
-            # leases, so that a GET through the other node is forwarded every time.
-            config.write_text(config.read_text() + "lease_ttl = 20\nstale_check_every = 0\n"
-                              "read_lease_threshold = 0\n")  # fmt: skip
-            owner, other = cluster.nodes
-            ring = Ring.from_description(http("GET", f"{owner.url}/v1/ring"))
-            keys = [k for k in (f"key:{i}" for i in range(1000))
-                    if ring.owner(k) == owner.node_id][:KEYS]  # fmt: skip
-            for key in keys:
-                http("PUT", f"{owner.url}/v1/kv/{key}", {"value": VALUE})
-            tmp_path = Path(tmp)
-            lane = per_request([owner], owner, keys, True, requests, tmp_path, "lane")
-            routes = per_request([owner], owner, keys, False, requests, tmp_path, "routes")
-            via = per_request([owner, other], other, keys, True, requests, tmp_path, "via")
-        finally:
-            cluster.stop()
-            if keep:  # the dumps, for callgrind_annotate
-                for dump in Path(tmp).glob("callgrind.*"):
-                    shutil.copy(dump, keep)
+    with started(2) as cluster:
+        # Slow under valgrind: a longer lease, and no stale checks (store reads); no read
+        # leases, so that a GET through the other node is forwarded every time.
+        reconfigured(cluster, "lease_ttl = 20\nstale_check_every = 0\nread_lease_threshold = 0\n")
+        owner, other = cluster.nodes
+        keys = written_keys(owner, KEYS, VALUE)
+        dumps = cluster.data_dir
+        lane = per_request([owner], owner, keys, True, requests, dumps, "lane")
+        routes = per_request([owner], owner, keys, False, requests, dumps, "routes")
+        via = per_request([owner, other], other, keys, True, requests, dumps, "via")
+        if keep:  # the dumps, for callgrind_annotate
+            for dump in dumps.glob("callgrind.*"):
+                shutil.copy(dump, keep)
     print(f"instructions per hot GET at the owner, hit lane: {lane:,.0f}")
     print(f"instructions per hot GET at the owner, routes (node.hit_lane = false): {routes:,.0f}")
     print(f"  lane / routes: {lane / routes:.2f}x")

@@ -12,13 +12,11 @@ ratio is the sum of the "with limits" rates over the sum of the "without" ones:
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 from cachegrid.devcluster.cluster import LocalCluster
-from cachegrid.ring import Ring
-from harness import Result, http, planned, wrk
+from harness import Result, leases_off, started, written_keys, wrk
 
 VALUE = {"name": "hot", "payload": "x" * 64}
 UNLIMITED = ("env", f"PYTHONPATH={Path(__file__).parent / 'unlimited'}")
@@ -41,25 +39,14 @@ def measure(cluster: LocalCluster, paths: list[str], seconds: float,
 
 
 def main(seconds: float, connections: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        cluster = planned(Path(tmp), 2)
-        config = cluster.data_dir / "cachegrid.toml"
-        cluster.start()
-        try:
-            config.write_text(config.read_text() + "read_lease_threshold = 0\n")
-            restart(cluster, ())
-            node0 = cluster.nodes[0].url
-            ring = Ring.from_description(http("GET", f"{node0}/v1/ring"))
-            keys = [k for k in (f"hot-{i}" for i in range(3000)) if ring.owner(k) == "node0"]
-            for key in keys[:500]:
-                http("PUT", f"{node0}/v1/kv/{key}", {"value": VALUE})
-            paths = [f"/v1/kv/{k}" for k in keys[:500]]
-            runs: dict[bool, list[tuple[Result, Result]]] = {True: [], False: []}
-            for limited in (True, False, True, False, True):
-                restart(cluster, () if limited else UNLIMITED)
-                runs[limited].append(measure(cluster, paths, seconds, connections))
-        finally:
-            cluster.stop()
+    with started(2) as cluster:
+        leases_off(cluster)
+        keys = written_keys(cluster.nodes[0], 500, VALUE, "hot-")
+        paths = [f"/v1/kv/{k}" for k in keys]
+        runs: dict[bool, list[tuple[Result, Result]]] = {True: [], False: []}
+        for limited in (True, False, True, False, True):
+            restart(cluster, () if limited else UNLIMITED)
+            runs[limited].append(measure(cluster, paths, seconds, connections))
     print(f"\n{'run':<36}{'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9':>8}")
     for limited, name in ((True, "with limits"), (False, "without")):
         for at_owner, via in runs[limited]:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
+from cachegrid.devcluster.cluster import LocalCluster
 from cachegrid.devcluster.servers import PortAllocator
-from harness import http, planned, wrk
+from harness import http, started, wrk
 
 KEYS = 500
 VALUE = "x" * 94  # a JSON string of 96 bytes
@@ -32,24 +31,25 @@ def pin(pid: int, core: str) -> None:
                    capture_output=True)  # fmt: skip
 
 
+def pin_cluster(cluster: LocalCluster) -> None:
+    """Every node on the node core; the store and etcd, idle on hits, on the load core."""
+    for node in cluster.nodes:
+        assert node.pid is not None
+        pin(node.pid, NODE_CORE)
+    for server in [*cluster.redis, *cluster.etcd]:
+        assert server.pid is not None
+        pin(server.pid, LOAD_CORE)
+
+
 def cachegrid_rate(seconds: float) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        cluster = planned(Path(tmp), 1)
-        cluster.start()
-        try:
-            node = cluster.nodes[0]
-            for i in range(KEYS):
-                http("PUT", f"{node.url}/v1/kv/key:{i}", {"value": VALUE})
-            assert node.pid is not None
-            pin(node.pid, NODE_CORE)
-            for server in [*cluster.redis, *cluster.etcd]:  # the store idles: hits only
-                assert server.pid is not None
-                pin(server.pid, LOAD_CORE)
-            paths = [f"/v1/kv/key:{i}" for i in range(KEYS)]
-            wrk(node.url, paths, 1, CONNECTIONS)  # warm
-            return wrk(node.url, paths, seconds, CONNECTIONS, pinned_to=LOAD_CORE).rps
-        finally:
-            cluster.stop()
+    with started(1) as cluster:
+        node = cluster.nodes[0]
+        for i in range(KEYS):
+            http("PUT", f"{node.url}/v1/kv/key:{i}", {"value": VALUE})
+        pin_cluster(cluster)
+        paths = [f"/v1/kv/key:{i}" for i in range(KEYS)]
+        wrk(node.url, paths, 1, CONNECTIONS)  # warm
+        return wrk(node.url, paths, seconds, CONNECTIONS, pinned_to=LOAD_CORE).rps
 
 
 def redis_rate(seconds: float) -> float:

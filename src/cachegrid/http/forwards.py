@@ -66,7 +66,7 @@ class LaneForwards:
     def forward(self, key: str, ring: Ring | None) -> Pending | None:
         """The answer to a GET of ``key`` asked of its owner on ``ring`` (this node's), to
         come; None if it is not for this path."""
-        if ring is None or not ring.members:
+        if ring is None:
             return None
         try:
             owner = ring.owner_member(key)
@@ -77,9 +77,8 @@ class LaneForwards:
         holder = self.holder
         if holder is not None and holder.would_ask(key):
             return None
-        if not self.router.slot_free(owner.addr):
+        if not self.router.take_slot(owner.addr):
             return None  # as many as allowed wait on it: the route's 503 (counted there)
-        self.router.claim(owner)
         started = time.perf_counter()
         epoch = self._epoch_line
         if ring.epoch != self._epoch:

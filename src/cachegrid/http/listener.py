@@ -107,7 +107,7 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
                 return
             lane = self._lane
             if lane is None or not data or self._force_close or self._close:
-                self._fed = self._fed or bool(data)
+                self._fed = True
                 super().data_received(data)  # (aiohttp reparses what it holds on b"")
                 return
             # aiohttp has had nothing yet, or waits for a request and has none queued: no
@@ -117,8 +117,7 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
             if lane.open and (not self._fed or (waiter is not None and not waiter.done()
                                                 and not self._messages)):  # fmt: skip
                 answers, taken = lane.take(data, HIGH_WATER)
-                if lane.pending:
-                    self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+                if lane.pending:  # (the idle timer waits for them: _process_keepalive)
                     waiting = _Waiting(self, answers, lane.pending, data[taken:])
                     self._lane_waiting = waiting
                     waiting.listen()  # (after: an answer ready at once ends the wait)

@@ -44,16 +44,19 @@ from typing import cast
 
 import httptools
 
+from cachegrid import requestids
 from cachegrid.budget import ByteBudget, Reservation
 from cachegrid.errors import CachegridError, Unavailable
 from cachegrid.headers import HOPS_HEADER
+from cachegrid.http.peers import PASSED_BACK
 
 log = logging.getLogger(__name__)
 
-# Response headers passed back from the owner to the client (as http/peers.py's, and the
-# id the owner made for the request, if it needed one), lowered.
-PASSED_BACK = frozenset({b"content-type", b"etag", b"x-cache", b"x-cachegrid-node",
-                         b"x-cachegrid-replica", b"retry-after", b"x-request-id"})  # fmt: skip
+# Response headers passed back from the owner to the client (http/peers.py's, and the id
+# the owner made for the request, if it needed one), lowered as llhttp's names are here.
+_PASSED_BACK = frozenset(name.lower().encode() for name in (*PASSED_BACK, requestids.HEADER))
+# The hop header of every request sent here: each is a first forward.
+HOPS = HOPS_HEADER.encode() + b": 1\r\n"
 # Answer bodies up to this size are not reserved in the byte budget: what many of them
 # hold together is bounded by ``depth`` and ``per_peer``.
 SMALL = 4096
@@ -99,8 +102,9 @@ class _Asked:
 class Pipe(asyncio.Protocol):
     """One connection to a peer: requests written in order, answers read in order."""
 
-    def __init__(self, peers: Pipes, addr: str) -> None:
+    def __init__(self, peers: Pipes, addr: str, head_end: bytes) -> None:
         self._peers, self.addr = peers, addr
+        self._head_end = head_end  # a request's head after its key: the same for each
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -125,9 +129,6 @@ class Pipe(asyncio.Protocol):
 
     # -- sending ----------------------------------------------------------------------
 
-    def now(self) -> float:
-        return self._loop.time()
-
     def takes_more(self, now: float) -> bool:
         """True if a request may be written behind those waiting: fewer than ``depth``, and
         the oldest not slow."""
@@ -136,12 +137,14 @@ class Pipe(asyncio.Protocol):
             not waiting or now - waiting[0].deadline + peers.timeout < peers.slow
         )
 
-    def send(self, request: bytes, asked: _Asked) -> None:
+    def send(self, key: bytes, finish: Finish) -> None:
+        """``GET /v1/kv/<key>``, written with the others of this turn."""
         if not self._unsent and self._transport is not None:
             self._loop.call_soon(self._flush)
-        self._unsent.append(request)
+        self._unsent.append(b"GET /v1/kv/" + key + self._head_end)
+        self.last_used = now = self._loop.time()
+        asked = _Asked(finish, now + self._peers.timeout)
         self.waiting.append(asked)
-        self.last_used = self._loop.time()
         if self._timer is None:
             self._timer = self._loop.call_at(asked.deadline, self._check_deadline)
 
@@ -218,7 +221,7 @@ class Pipe(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lowered = name.lower()
-        if lowered in PASSED_BACK:
+        if lowered in _PASSED_BACK:
             self._headers.append(name + b": " + value + b"\r\n")
             if lowered == b"x-cache":
                 self._cache = value
@@ -292,9 +295,7 @@ class Pipes:
         pipe = self._pipe_for(addr) if not self._closed else None
         if pipe is None:
             return False
-        request = (b"GET /v1/kv/" + key + b" HTTP/1.1\r\nHost: " + addr.encode()
-                   + b"\r\n" + HOPS + self._authorization + b"\r\n")  # fmt: skip
-        pipe.send(request, _Asked(finish, pipe.now() + self.timeout))
+        pipe.send(key, finish)
         return True
 
     def _pipe_for(self, addr: str) -> Pipe | None:
@@ -318,7 +319,9 @@ class Pipes:
         return chosen
 
     def _open(self, addr: str) -> Pipe:
-        pipe = Pipe(self, addr)
+        head_end = (b" HTTP/1.1\r\nHost: " + addr.encode() + b"\r\n" + HOPS
+                    + self._authorization + b"\r\n")  # fmt: skip
+        pipe = Pipe(self, addr, head_end)
         task = pipe.connecting = asyncio.ensure_future(self._connect(pipe))
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
@@ -378,6 +381,3 @@ class Pipes:
                 pipe.fail(Unavailable("the node is stopping"))
         if self._sweeper is not None:
             self._sweeper.cancel()
-
-
-HOPS = HOPS_HEADER.encode() + b": 1\r\n"

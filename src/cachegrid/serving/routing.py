@@ -109,17 +109,19 @@ class Router:
     def claim(self, owner: Member) -> None:
         """Take one of the owner's ``max_per_owner`` slots for a request about to wait on
         it (Unavailable, counted, if none is left); ``give_back`` it once answered."""
-        taken = self._forwarding.get(owner.addr, 0)
-        if taken >= self.max_per_owner:
+        if not self.take_slot(owner.addr):
             self.node.metrics.forward_refused.inc()
-            raise Unavailable(f"{taken} requests already wait on owner {owner.node_id}; "
-                              "retry (node.max_forwards_per_owner)")  # fmt: skip
-        self._forwarding[owner.addr] = taken + 1
+            raise Unavailable(f"{self.max_per_owner} requests already wait on owner "
+                              f"{owner.node_id}; retry (node.max_forwards_per_owner)")  # fmt: skip
 
-    def slot_free(self, addr: str) -> bool:
-        """True if a request may wait on the owner at ``addr`` now (``claim`` would not
-        refuse it)."""
-        return self._forwarding.get(addr, 0) < self.max_per_owner
+    def take_slot(self, addr: str) -> bool:
+        """``claim`` for a caller with another way (the hit lane's forwards: the route
+        refuses, and counts, what they cannot take): False, nothing counted, if none is left."""
+        taken = self._forwarding.get(addr, 0)
+        if taken >= self.max_per_owner:
+            return False
+        self._forwarding[addr] = taken + 1
+        return True
 
     def give_back(self, addr: str) -> None:
         left = self._forwarding[addr] - 1
