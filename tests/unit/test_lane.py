@@ -121,6 +121,11 @@ REQUESTS = [
     (b"POST /v1/kv:batchGet HTTP/1.1\r\nHost: n\r\nContent-Length: 17\r\n\r\n"
      b'{"keys": ["a\\r"]}', False),
     (get("/v1/kv/b/c"), True),
+    # A peer's forwards, as http/pipes.py writes them (answered without llhttp's callbacks)
+    (get("/v1/kv/a", "X-Cachegrid-Hops: 1\r\n"), True),
+    (get("/v1/kv/b/c", "X-Cachegrid-Hops: 1\r\nAuthorization: Bearer t\r\n"), True),
+    (get("/v1/kv/zz", "X-Cachegrid-Hops: 1\r\n"), False),
+    (get("/v1/kv/a/./b", "X-Cachegrid-Hops: 1\r\n"), False),
 ]  # fmt: skip
 
 
@@ -180,6 +185,33 @@ def test_every_request_is_answered_once_whole_and_in_order(picks: list[int], siz
     assert answered == Requests().feed(stream).found
 
 
+def test_a_peers_forwards_are_answered_without_the_parser_and_once_only_for_peers() -> None:
+    """A connection whose requests are all a peer's forwards in http/pipes.py's form: each
+    is answered (never forwarded again) without llhttp's callbacks, which would find them
+    whole; one the route is to answer is fed to llhttp, and goes to aiohttp. A client's
+    connection is looked at once: after its first request, the same bytes are parsed."""
+    asked: list[tuple[str, str | None, bool]] = []
+
+    def source(key: str, authorization: str | None, forward: bool) -> bytes | None:
+        asked.append((key, authorization, forward))
+        return f"<{key}>".encode() if key in CACHED else None
+
+    peer = (get("/v1/kv/a", "X-Cachegrid-Hops: 1\r\n")
+            + get("/v1/kv/b/c", "X-Cachegrid-Hops: 1\r\nAuthorization: Bearer t\r\n"))  # fmt: skip
+    lane = Lane(source)
+    assert lane.take(peer, 1 << 20) == ([b"<a>", b"<b/c>"], len(peer))
+    assert asked == [("a", None, False), ("b/c", "Bearer t", False)]
+    assert lane._begun == lane._done == 0  # (not parsed)
+    declined = get("/v1/kv/zz", "X-Cachegrid-Hops: 1\r\n")
+    assert lane.take(declined + peer, 1 << 20) == ([], 0)  # aiohttp's, all of it
+    assert lane._begun == lane._done == 3  # (followed)
+    assert lane.open
+    client = Lane(source)
+    assert client.take(get("/v1/kv/a") + peer, 1 << 20) == ([b"<a>"] * 2 + [b"<b/c>"],
+                                                          len(get("/v1/kv/a") + peer))  # fmt: skip
+    assert client._begun == client._done == 3  # (each parsed)
+
+
 @pytest.mark.parametrize("extra", [
     "Host: y\r\n",  # a second Host
     "User-Agent: a\r\nUser-Agent: b\r\n",
@@ -203,6 +235,7 @@ LINES = st.sampled_from([
     "Expect: 100-continue", "X-Request-Id: r", "If-None-Match: *", "Sec-WebSocket-Key1: 1",
     "Content-Type: a", "ETag: e", "Max-Forwards: 1", "X-A: b", "X-A: \x01", " folded",
     "\tX-B: c", "Bad Header", "Host : x", "X-C:", ": v", "X-D: a\x7fb", "Accept: */*",
+    "X-Cachegrid-Hops: 1", "X-Cachegrid-Hops: 1", "Authorization: Bearer \x01",
 ])  # fmt: skip
 TARGETS = st.sampled_from(["/v1/kv/a", "/v1/kv/a/b", "/v1/kv//a", "/v1/kv/a/", "/v1/kv/a;b",
                            "/v1/kv/a%2Fb", "/v1/kv/a/../b", "/v1/kv/.a", "/v1/kv/a?x",
@@ -229,6 +262,12 @@ def aiohttp_reads(head: bytes, parser_class: type) -> list[Any] | None:
 @example("/v1/kv/a", [("Authorization: Bearer t", "\r\n")] * 2, "1.1", True)
 @example("/v1/kv/a", [("host: y", "\r\n")], "1.1", True)
 @example("/v1/kv/a", [], "1.1", False)
+@example(
+    "/v1/kv/a", [("X-Cachegrid-Hops: 1", "\r\n"), ("Authorization: Bearer t", "\r\n")], "1.1", True
+)  # (a peer's forward)
+@example(
+    "/v1/kv/a", [("X-Cachegrid-Hops: 1", "\r\n"), ("Authorization: Bearer t ", "\r\n")], "1.1", True
+)
 @given(TARGETS, st.lists(st.tuples(LINES, LINE_ENDS), max_size=4), st.sampled_from(["1.1", "1.0"]),
        st.booleans())  # fmt: skip
 def test_the_lane_answers_only_what_aiohttp_reads_as_that_same_get(

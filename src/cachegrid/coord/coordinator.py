@@ -179,8 +179,9 @@ class Coordinator:
     # -- what the node asks ------------------------------------------------------------
 
     def can_serve(self, key: str) -> bool:
-        """True if this node is the active owner of ``key`` right now. No I/O."""
-        return self.lease_alive() and self.ownership.is_active_owner(key)
+        """True if this node is the active owner of ``key`` right now. No I/O. (Ownership
+        is looked at first: a key of another node, forwarded, is told at once.)"""
+        return self.ownership.is_active_owner(key) and self.lease_alive()
 
     def ready(self) -> bool:
         """Serving: a live lease and an activated ring (what /readyz answers)."""

@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ from cachegrid.serving.owner import Condition, Node, NotOwner
 from cachegrid.serving.ports import PeerAnswer
 from cachegrid.serving.routing import Router
 from cachegrid.version import Version
+
+log = logging.getLogger(__name__)
 
 KV_ROUTE = r"/v1/kv/{key:[\s\S]*}"
 # The public routes (admitted: past max_in_flight_requests, 429) and the ops routes.
@@ -176,9 +179,12 @@ class Api:
         elif (entry := self.node.hit(key, tombstones=False)) is not None:
             answer, seconds = self._hit_prefix.current() + entry, self._lane_seconds["hit"]
         elif forward and self._forwards is not None:
-            pending = self._forwards.forward(key, self.coordinator.ring)
+            pending = self._forwards.forward(key, self.coordinator.ring, started)
             if pending is not None:
-                self.traffic.reads.add(key)
+                try:  # (sent: the lane must have it whatever happens here)
+                    self.traffic.reads.add(key)
+                except Exception:
+                    log.exception("bug: a forwarded read could not be counted")
             return pending
         else:
             return None

@@ -30,7 +30,11 @@ Invariants:
 - Framing: every byte the connection receives, answered here or not, is fed once to one
   llhttp parser (httptools), so ``open`` is true exactly between two requests (a body,
   chunked or not, and a partial head included). Bytes it cannot parse close the lane for
-  the connection's life: aiohttp alone answers them (its JSON 400) and closes.
+  the connection's life: aiohttp alone answers them (its JSON 400) and closes. One
+  exception, for speed: a peer's forward in the exact form http/pipes.py writes it (a
+  whole bodyless GET with Host, ``X-Cachegrid-Hops: 1`` and at most a bearer token, and
+  nothing else), answered here, is matched by one pattern and not fed: llhttp would find
+  one whole keep-alive request in it, and be between requests after it as before.
 - Anything the lane is unsure of, it leaves to aiohttp: declining costs one parse.
 """
 
@@ -68,7 +72,9 @@ class Pending:
         return f"<Pending ready={self.result is not None}>"
 
     def ready(self, answer: bytes, held: Held | None = None) -> None:
-        self.result, self.held = answer, held
+        self.result = answer
+        if held is not None:
+            self.held = held
         if self._listener is not None:
             self._listener()
 
@@ -97,6 +103,12 @@ PENDING_BYTES = 4096
 # without "%", "?", "#", not starting with "." (the group is the key). A key with a dot
 # segment in it ("/.") is refused after: the route's answer for those is aiohttp's to give.
 _GET_LINE = re.compile(rb"GET /v1/kv/([!\x22$&-\-/->@-~][!\x22$&->@-~]*) HTTP/1\.1\r\n")
+# A peer's forward, as http/pipes.py writes it (no other header, nothing else spelled
+# otherwise): the lane answers it without llhttp's callbacks (groups: key, Authorization).
+_PEER_GET = re.compile(
+    rb"GET /v1/kv/([!\x22$&-\-/->@-~][!\x22$&->@-~]*) HTTP/1\.1\r\nHost: [!-~]+\r\n"
+    rb"X-Cachegrid-Hops: 1\r\n(?:Authorization: (Bearer [!-~]+)\r\n)?\r\n"
+)
 # No head longer than this is taken: aiohttp's per-line and per-field limits (8190 bytes,
 # its 431) cannot be exceeded within it, so no head aiohttp refuses as too long is taken.
 MAX_HEAD = 8190
@@ -132,6 +144,7 @@ class Lane:
         "_hopped",
         "_keep_alive",
         "_parser",
+        "_peer",
         "_plain",
         "_seen",
         "open",
@@ -153,6 +166,9 @@ class Lane:
         self._hopped = False  # the request has X-Cachegrid-Hops: a peer forwarded it
         self._keep_alive = False  # the request just completed leaves the connection open
         self.pending = 0  # the answers of the last ``take`` that are ``Pending``
+        # Every request so far was a peer's forward in http/pipes.py's form (looked for
+        # only then: a client's connection pays for one look).
+        self._peer = True
 
     def __repr__(self) -> str:
         return f"<Lane open={self.open} requests={self._done}>"
@@ -200,29 +216,35 @@ class Lane:
         self.pending = 0
         start, size = 0, len(data)
         while start < size and budget > 0:
-            end = data.find(b"\r\n\r\n", start) + 4
-            if end < 4 or end - start > MAX_HEAD:
-                break  # a partial head, or a long one: aiohttp's
-            done = self._done
-            if not self._feed(data if end - start == size else data[start:end]):
-                return answers, start
-            answer = None
-            # Exactly one whole request (else a body follows) that keeps the connection
-            # open, with plain headers and the request line of a key's GET (which llhttp
-            # parsed as well: the same URL).
-            if (self._begun == self._done == done + 1 and self._keep_alive and self._plain
-                    and self._seen & _HOST and self._fields < MAX_HEADERS
-                    and (line := _GET_LINE.match(data, start)) is not None
-                    and "/." not in (key := line[1].decode())):  # fmt: skip
-                auth = self._auth
-                try:
-                    answer = self._answer(key, None if auth is None else auth.decode(),
-                                          not self._hopped)  # fmt: skip
-                except Exception:  # a bug: the route answers (its guard makes it a JSON 500)
-                    log.exception("bug: the hit lane failed on a GET of %r", key[:100])
-            if answer is None:
-                self.follow(data[end:])
-                return answers, start
+            if self._peer and (peer := _PEER_GET.match(data, start)) is not None and (
+                    (end := peer.end()) - start <= MAX_HEAD):  # fmt: skip
+                # A peer's forward, as http/pipes.py writes it: not fed to llhttp, which
+                # would parse it as one whole bodyless keep-alive GET with one Host, the
+                # hop header and at most one plain Authorization, and be between requests
+                # after it as before. (Fed if the route is to answer it.)
+                answer = self._ask(peer[1], peer[2], False)
+                if answer is None:
+                    self.follow(data[start:])
+                    return answers, start
+            else:
+                end = data.find(b"\r\n\r\n", start) + 4
+                if end < 4 or end - start > MAX_HEAD:
+                    break  # a partial head, or a long one: aiohttp's
+                self._peer = False  # (a client's connection: no peer's form looked for again)
+                done = self._done
+                if not self._feed(data if end - start == size else data[start:end]):
+                    return answers, start
+                answer = None
+                # Exactly one whole request (else a body follows) that keeps the connection
+                # open, with plain headers and the request line of a key's GET (which
+                # llhttp parsed as well: the same URL).
+                if (self._begun == self._done == done + 1 and self._keep_alive and self._plain
+                        and self._seen & _HOST and self._fields < MAX_HEADERS
+                        and (line := _GET_LINE.match(data, start)) is not None):  # fmt: skip
+                    answer = self._ask(line[1], self._auth, not self._hopped)
+                if answer is None:
+                    self.follow(data[end:])
+                    return answers, start
             answers.append(answer)
             if isinstance(answer, bytes):
                 budget -= len(answer)
@@ -233,6 +255,18 @@ class Lane:
         if start < size:
             self.follow(data[start:])
         return answers, start
+
+    def _ask(self, path_key: bytes, auth: bytes | None, forward: bool) -> Answer | None:
+        """The source's answer for the key of a plain GET (None: the route's, as for a key
+        with a dot segment in it)."""
+        key = path_key.decode()
+        if "/." in key:
+            return None
+        try:
+            return self._answer(key, None if auth is None else auth.decode(), forward)
+        except Exception:  # a bug: the route answers (its guard makes it a JSON 500)
+            log.exception("bug: the hit lane failed on a GET of %r", key[:100])
+            return None
 
     def follow(self, data: bytes) -> None:
         """Bytes given to aiohttp: parsed here only to know where its requests end."""

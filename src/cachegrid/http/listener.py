@@ -118,9 +118,7 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
                                                 and not self._messages)):  # fmt: skip
                 answers, taken = lane.take(data, HIGH_WATER)
                 if lane.pending:  # (the idle timer waits for them: _process_keepalive)
-                    waiting = _Waiting(self, answers, lane.pending, data[taken:])
-                    self._lane_waiting = waiting
-                    waiting.listen()  # (after: an answer ready at once ends the wait)
+                    _Waiting(self, answers, lane.pending, data[taken:])  # (our _lane_waiting)
                     return
                 if answers and (transport := self.transport) is not None:
                     # (none pending: all are bytes; no typing.cast on the hot path, a call)
@@ -135,22 +133,33 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
             self._fed = True
             super().data_received(data)
 
-        def lane_ready(self, answers: list[bytes], rest: bytes, later: bytes) -> None:
-            """The pending answers of a take are ready: write them all, in order; then
-            the bytes that waited behind them go on (``rest`` to aiohttp: the lane has
-            followed it already; ``later``, received since, as any read: a client that
-            does not read gets at most one more take, of at most 16 forwards, before
-            reading stops)."""
+        def lane_ready(self, answers: list[Answer], rest: bytes, later: list[bytes] | None) -> None:
+            """The pending answers of a take are ready: write them all, in order, and keep
+            the budget their bytes hold until the client has read them (below the
+            high-water mark: a client that does not read holds its share of the node's
+            budget); then the bytes that waited behind them go on (``rest`` to aiohttp:
+            the lane has followed it already; ``later``, received since, as any read: a
+            client that does not read gets at most one more take, of at most 16 forwards,
+            before reading stops)."""
             self._lane_waiting = None
-            if self.transport is None:
-                return  # the client went away meanwhile
-            self.transport.write(b"".join(answers))
-            self._answered()
+            transport = self.transport
+            try:
+                if transport is None:
+                    return  # the client went away meanwhile
+                transport.write(_bytes_of(answers))
+                self._answered()
+            finally:  # (written, or the client is gone)
+                for answer in answers:
+                    if not isinstance(answer, bytes) and answer.held is not None:
+                        if self._paused and self.transport is not None:
+                            self._lane_reserved.append(answer)
+                        else:
+                            answer.release()
             if rest:
                 self._fed = True
                 super().data_received(rest)
             if later:
-                self.data_received(later)
+                self.data_received(later[0] if len(later) == 1 else b"".join(later))
 
         async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's)
             """A graceful stop: the lane's pending answers first (each ends within the
@@ -168,17 +177,6 @@ def _handler_class(timed_out: Count, hits: HitSource | None) -> type[RequestHand
                 # client has read the answers (back-pressure, as aiohttp's drain).
                 self._lane_held = True
                 self._pause_transport_reading()
-
-        def lane_written(self, answers: list[Answer]) -> None:
-            """The answers of a take are written (or the client is gone): the budget their
-            bytes hold is given back once the client has read them (below the high-water
-            mark), so a client that does not read holds its share of the node's budget."""
-            held = [a for a in answers if isinstance(a, Pending) and a.held is not None]
-            if held and self._paused and self.transport is not None:
-                self._lane_reserved += held
-            else:
-                for answer in held:
-                    answer.release()
 
         def connection_lost(self, exc: BaseException | None) -> None:
             reserved, self._lane_reserved = self._lane_reserved, []
@@ -231,18 +229,24 @@ class _Waiting:
     __slots__ = ("_answers", "_handler", "_later", "_left", "_paused", "_rest", "_settled")
 
     def __init__(self, handler: Any, answers: list[Answer], pending: int, rest: bytes) -> None:
+        """Made the handler's ``_lane_waiting`` before listening: an answer ready already
+        (or on listening) ends the wait at once, which clears it."""
         self._handler, self._answers, self._left, self._rest = handler, answers, pending, rest
-        self._later: list[bytes] = []
+        self._later: list[bytes] | None = None
         self._paused = False
         self._settled: asyncio.Future[None] | None = None
-
-    def listen(self) -> None:
-        for answer in self._answers:
-            if isinstance(answer, Pending):
+        handler._lane_waiting = self
+        if len(answers) == 1 and not isinstance(only := answers[0], bytes):
+            only.listen(self._ready)  # (most often: one forward)
+            return
+        for answer in answers:
+            if not isinstance(answer, bytes):
                 answer.listen(self._ready)
 
     def later(self, data: bytes) -> None:
         """Bytes received meanwhile: kept, and past the high-water mark, no more read."""
+        if self._later is None:
+            self._later = []
         self._later.append(data)
         if not self._paused and sum(map(len, self._later)) > HIGH_WATER:
             self._paused = True
@@ -256,11 +260,9 @@ class _Waiting:
         if self._paused and not (handler._lane_held or handler._buffer_paused
                                  or handler._reading_paused):  # fmt: skip
             handler._resume_transport_reading()
-        answers = [a if isinstance(a, bytes) else a.result for a in self._answers]
         try:
-            handler.lane_ready(answers, self._rest, b"".join(self._later))
-        finally:  # (written, or the client is gone)
-            handler.lane_written(self._answers)
+            handler.lane_ready(self._answers, self._rest, self._later)
+        finally:
             if self._settled is not None and not self._settled.done():
                 self._settled.set_result(None)
 
@@ -269,6 +271,13 @@ class _Waiting:
         if self._settled is None:
             self._settled = asyncio.get_running_loop().create_future()
         return self._settled
+
+
+def _bytes_of(answers: list[Answer]) -> bytes:
+    """The bytes of a take's answers, every one ready (most often a single forward's)."""
+    if len(answers) == 1 and not isinstance(only := answers[0], bytes):
+        return only.result or b""
+    return b"".join([a if isinstance(a, bytes) else a.result or b"" for a in answers])
 
 
 def unparsed_error(status: int, reason: str, exc: BaseException | None) -> CachegridError:
