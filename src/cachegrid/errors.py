@@ -148,3 +148,10 @@ def status_of(code: str) -> int:
             return cls.status
         pending.extend(cls.__subclasses__())
     return Unavailable.status
+
+
+def retry_after(status: int) -> bool:
+    """True if an error answer of ``status`` carries ``Retry-After: 1``: 429 and 503 say
+    "not now", and a retry a second later may be served (every path that answers an error
+    asks this, so they agree)."""
+    return status in (429, 503)

@@ -611,8 +611,10 @@ async def test_rebalances_while_fills_are_in_flight(fresh_cluster) -> None:
             events.mark(f"rebalance {step}")
 
     keys = [f"reb-{i:03d}" for i in range(100)]
+    # (12 s: its fills run nearest the report's 500, a count in fixed time that moves with
+    # this machine's speed; 498 in 10 s in one CI run, 526 to 625 in four runs after)
     result = await run_scenario("rebalances while fills are in flight", cluster.urls, fault,
-                                duration=10.0, keys=keys)  # fmt: skip
+                                duration=12.0, keys=keys)  # fmt: skip
     result.require_load(availability=0.99, longest_gap=1.0)
     epochs = [v for _, v in result.sampler.series("cachegrid_ring_epoch", cluster.urls[0])]
     result.require(

@@ -34,7 +34,7 @@ import re
 
 from cachegrid import requestids
 from cachegrid.budget import Reservation
-from cachegrid.errors import CachegridError, Unavailable
+from cachegrid.errors import CachegridError, Unavailable, retry_after
 from cachegrid.headers import EPOCH_HEADER, JSON, NODE_HEADER
 from cachegrid.http.framework import Admission, Recorder, error_body
 from cachegrid.http.lane import Pending
@@ -173,7 +173,7 @@ class LaneForwards:
     def error(self, error: CachegridError) -> bytes:
         """This node's JSON error answer, naming a request id made for it."""
         headers = self._error_headers
-        if error.status in (429, 503):
+        if retry_after(error.status):
             headers += b"Retry-After: 1\r\n"
         token = requestids.begin(None)  # (the id the error body names is made here)
         try:

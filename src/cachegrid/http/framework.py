@@ -42,6 +42,7 @@ from cachegrid.errors import (
     Overloaded,
     TooLarge,
     UnsupportedMediaType,
+    retry_after,
 )
 from cachegrid.headers import HOPS_HEADER, JSON, NODE_HEADER
 from cachegrid.http.wire import EncodedResponse
@@ -298,7 +299,7 @@ def error_response(error: CachegridError, node_id: str, cache: str | None = None
     headers = {NODE_HEADER: node_id}
     if cache is not None:
         headers["X-Cache"] = cache
-    if error.status in (429, 503):
+    if retry_after(error.status):
         headers["Retry-After"] = "1"
     return web.Response(
         status=error.status, body=error_body(error), content_type=JSON, headers=headers

@@ -38,7 +38,7 @@ import orjson
 from cachegrid import requestids
 from cachegrid.batching import Batcher
 from cachegrid.budget import ByteBudget, Reservation
-from cachegrid.errors import CachegridError, NotFound, Unavailable, status_of
+from cachegrid.errors import CachegridError, NotFound, Unavailable, retry_after, status_of
 from cachegrid.headers import JSON, NODE_HEADER, REPLICA_HEADER
 from cachegrid.localcache import Entry, entry_body, is_tombstone
 from cachegrid.ring import Member
@@ -289,7 +289,7 @@ def answer_of(item: dict[str, Any], owner_id: str, request_id: str) -> PeerAnswe
         headers[REPLICA_HEADER] = item["replica"]
     if "error" in item:
         status = status_of(item["error"]["code"])
-        if status in (429, 503):
+        if retry_after(status):
             headers["Retry-After"] = "1"
         error = item["error"] | {"request_id": request_id}
         return PeerAnswer(status, headers, orjson.dumps({"error": error}))
