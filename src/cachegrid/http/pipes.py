@@ -217,6 +217,8 @@ class Pipe(asyncio.Protocol):
         for _status, size, _alive, _held, dropped in completed:
             if self._part_size:  # began in an earlier read
                 head = self._head_size or self._head_of(data)
+                if not head:
+                    raise Unavailable(f"owner {self.addr} sent an answer out of step")
                 end = head + size - self._part_size
                 message = None if dropped else b"".join([*self._part, data[:end]])
                 self._part, self._part_size, self._head_size = [], 0, 0
@@ -232,12 +234,11 @@ class Pipe(asyncio.Protocol):
             pos = end
         return pos
 
-    def _head_of(self, data: bytes) -> int:
-        """The size of the head of the answer under way, its bytes so far and ``data``."""
+    def _head_of(self, data: bytes = b"") -> int:
+        """The size of the head of the answer under way, from its bytes kept so far and
+        ``data``; 0 if its end is not in them."""
         head = (b"".join(self._part) + data).find(b"\r\n\r\n") + 4
-        if head < 4:
-            raise Unavailable(f"owner {self.addr} sent an answer out of step")
-        return head
+        return head if head >= 4 else 0
 
     def _keep(self, data: bytes, pos: int) -> None:
         """``data[pos:]``: the start, or more, of the answer under way."""
@@ -249,10 +250,8 @@ class Pipe(asyncio.Protocol):
             self._part.append(rest)
         self._part_size += len(rest)
         if not self._head_size:
-            head = b"".join(self._part).find(b"\r\n\r\n") + 4
-            if head >= 4:
-                self._head_size = head
-            elif self._part_size > MAX_HEAD:
+            self._head_size = self._head_of()
+            if not self._head_size and self._part_size > MAX_HEAD:
                 raise Unavailable(f"owner {self.addr} sent an answer head over {MAX_HEAD} bytes")
         if self._dropped is not None and self._head_size:
             self._part = []  # (refused by the budget: not kept)
