@@ -108,7 +108,7 @@ def ask(peers: Pipes, addr: str, key: str) -> asyncio.Future[bytes]:
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 1000), count=st.integers(1, 64))  # (up to 4 connections x 16)
+@given(seed=st.integers(0, 1000), count=st.integers(1, 64))  # (up to 8 connections x 8)
 def test_pipelined_answers_cut_anywhere_reach_their_requests_in_order(
         seed: int, count: int) -> None:  # fmt: skip
     async def run() -> None:
@@ -358,7 +358,7 @@ async def test_a_slow_connection_takes_no_more_requests() -> None:
 async def test_an_owner_slow_to_answer_holds_few_requests_behind_each() -> None:
     """An owner that takes 0.1 s per answer, one after the other (a miss each, as a cold
     cache after a rebalance), and 32 GETs asked at once: spread over connections at most
-    ``depth`` (16) deep, all are answered within the 2 s timeout. (Found in a review: 32
+    ``depth`` (8) deep, all are answered within the 2 s timeout. (Found in a review: 32
     deep on one connection, 13 of them timed out, 503.)"""
     async with Owner(answer, delay=0.1) as owner:
         peers = pipes()

@@ -323,7 +323,7 @@ class Pipes:
 
     def __init__(self, *, timeout: float, budget: ByteBudget, max_answer: int,
                  tls: ssl.SSLContext | None = None, peer_token: str = "",
-                 per_peer: int = 8, depth: int = 16, idle: float = 10.0) -> None:  # fmt: skip
+                 per_peer: int = 8, depth: int = 8, idle: float = 10.0) -> None:  # fmt: skip
         self.timeout, self.budget, self.max_answer = timeout, budget, max_answer
         self.tls = tls
         self.per_peer, self.depth, self.idle = per_peer, depth, idle
